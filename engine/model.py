@@ -1,0 +1,71 @@
+"""The chain model every input is normalized to, and what evaluation produces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class Bitmap:
+    name: str
+    recording: bool
+    inconsistent: bool
+    persistent: bool
+    busy: bool
+    granularity: Optional[int]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One image of the chain; layer 0 is the top."""
+
+    layer: int
+    filename: str
+    format: str
+    node: Optional[str]  # QMP node-name; None for qemu-img input
+    compat: Optional[str]  # qcow2 "1.1" / "0.10"; None for other formats
+    backing: Optional[str]  # backing file name as the image records it
+    bitmaps: tuple[Bitmap, ...]
+    # Read with --force-share while another program may hold it read-write:
+    # its in-use flags then say nothing about the bitmaps' health.
+    shared_rw: bool = False
+
+
+@dataclass(frozen=True)
+class Chain:
+    source: str  # "qemu-img" or "qmp"
+    layers: tuple[Layer, ...]
+    # False when the last layer names a backing file that is not in the input.
+    complete: bool
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    severity: str
+    layer: int
+    filename: str
+    message: str
+    remediation: str
+    caveat: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    name: str
+    valid: bool
+    findings: tuple[Finding, ...]
+
+
+@dataclass(frozen=True)
+class Report:
+    chain: Chain
+    rules: tuple[str, ...]  # ids of the rules that ran, in file order
+    bitmaps: tuple[Verdict, ...]
+    findings: tuple[Finding, ...]  # chain- and layer-level findings
+
+    @property
+    def has_error(self) -> bool:
+        every = self.findings + tuple(f for v in self.bitmaps for f in v.findings)
+        return any(f.severity == "error" for f in every)

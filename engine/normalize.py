@@ -1,0 +1,245 @@
+"""Parse and normalize inputs into a Chain: qemu-img info JSON (one image or
+--backing-chain) or QMP query-named-block-nodes (bare or as a {"return": ...} reply).
+
+Every error names the input and the JSON path of what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from .errors import InputError
+from .model import Bitmap, Chain, Layer
+
+# Drivers that QMP reports for format nodes. Protocol nodes (file, host_device, nbd...)
+# and filters share the `file` string of their format node and are skipped.
+FORMAT_DRIVERS = frozenset(
+    {"qcow2", "raw", "qed", "vmdk", "vdi", "vpc", "vhdx", "luks", "parallels", "qcow",
+     "dmg", "bochs", "cloop"})
+
+SHAPES = ("expected qemu-img info --output=json (an object, or with --backing-chain an "
+          "array of objects with 'filename' and 'format') or QMP query-named-block-nodes "
+          "(an array of nodes with 'node-name', or {\"return\": [...]})")
+
+
+def parse_json(data: bytes, where: str) -> Any:
+    """Bytes to a JSON value, or one InputError saying why not."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{where}: not UTF-8 text (byte {e.start}); {SHAPES}") from None
+    if not text.strip():
+        raise InputError(f"{where}: empty input; {SHAPES}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        what = "truncated JSON" if e.pos >= len(text.rstrip()) else "not JSON"
+        raise InputError(f"{where}: {what} (line {e.lineno} column {e.colno}: {e.msg})") from None
+    except RecursionError:
+        raise InputError(f"{where}: JSON nested too deeply") from None
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(value), "a number")
+
+
+class _At:
+    """A position in the input, for error messages."""
+
+    def __init__(self, where: str, path: str = "") -> None:
+        self.where, self.path = where, path
+
+    def __truediv__(self, key: Any) -> "_At":
+        return _At(self.where, f"{self.path}[{key}]" if isinstance(key, int) else f"{self.path}.{key}")
+
+    def fail(self, what: str) -> InputError:
+        return InputError(f"{self.where}: {self.path.lstrip('.') or 'top level'}: {what}")
+
+    def get(self, obj: dict[str, Any], key: str, kind: type, required: bool = False) -> Any:
+        """obj[key] if it has the given JSON kind; None when absent and optional."""
+        if key not in obj or (obj[key] is None and not required):
+            if required:
+                raise self.fail(f"missing '{key}'")
+            return None
+        value = obj[key]
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if not ok:
+            raise (self / key).fail(f"expected {_kind(kind())}, got {_kind(value)}")
+        return value
+
+    def obj(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(f"expected an object, got {_kind(value)}")
+        return value
+
+
+def normalize(value: Any, where: str, top: Optional[str] = None) -> Chain:
+    """Detect the input's kind and normalize it. `top` picks a QMP top node by name."""
+    at = _At(where)
+    if isinstance(value, dict):
+        if "error" in value and isinstance(value["error"], dict):
+            err = value["error"]
+            raise InputError(f"{where}: QMP error reply: {err.get('class', 'Error')}: "
+                             f"{err.get('desc', '(no description)')}")
+        if "return" in value:
+            nodes = value["return"]
+            if not isinstance(nodes, list):
+                raise (at / "return").fail(f"expected an array of block nodes, got {_kind(nodes)}; {SHAPES}")
+            return _qmp(nodes, at / "return", top)
+        if "filename" in value or "format" in value:
+            return _qemu_img(_flatten(value, at), at)
+        raise at.fail(f"an object with neither 'filename' nor 'return'; {SHAPES}")
+    if isinstance(value, list):
+        if not value:
+            raise at.fail(f"an empty array; {SHAPES}")
+        qmp = [isinstance(e, dict) and "node-name" in e for e in value]
+        if all(qmp):
+            return _qmp(value, at, top)
+        if any(qmp):
+            raise (at / qmp.index(False)).fail("not a QMP block node (no 'node-name') among QMP nodes")
+        if isinstance(value[0], dict) and "device" in value[0] and "filename" not in value[0]:
+            raise at.fail("this looks like QMP query-block; use query-named-block-nodes "
+                          "with \"flat\": true")
+        return _qemu_img([(at / i, (at / i).obj(e)) for i, e in enumerate(value)], at)
+    raise at.fail(f"{_kind(value)}; {SHAPES}")
+
+
+def _flatten(image: dict[str, Any], at: _At) -> list[tuple[_At, dict[str, Any]]]:
+    """One image object, following nested 'backing-image' (as in QMP query-block)."""
+    out = []
+    while True:
+        out.append((at, image))
+        if "backing-image" not in image:
+            return out
+        at = at / "backing-image"
+        image = at.obj(image["backing-image"])
+
+
+def _qemu_img(images: list[tuple[_At, dict[str, Any]]], at: _At) -> Chain:
+    layers = []
+    for index, (here, image) in enumerate(images):
+        filename = here.get(image, "filename", str, required=True)
+        fmt = here.get(image, "format", str, required=True)
+        backing = (here.get(image, "full-backing-filename", str)
+                   or here.get(image, "backing-filename", str))
+        compat, bitmaps = None, ()
+        specific = here.get(image, "format-specific", dict)
+        if specific is not None and specific.get("type") == "qcow2":
+            sat = here / "format-specific"
+            data = sat.get(specific, "data", dict) or {}
+            dat = sat / "data"
+            compat = dat.get(data, "compat", str)
+            entries = dat.get(data, "bitmaps", list) or []
+            bitmaps = _unique(dat / "bitmaps", [_qemu_img_bitmap(dat / "bitmaps" / i, b)
+                                                for i, b in enumerate(entries)])
+        layers.append(Layer(index, filename, fmt, None, compat, backing, bitmaps))
+    return Chain("qemu-img", tuple(layers), complete=layers[-1].backing is None)
+
+
+def _qemu_img_bitmap(at: _At, entry: Any) -> Bitmap:
+    entry = at.obj(entry)
+    flags = at.get(entry, "flags", list) or []
+    for i, flag in enumerate(flags):
+        if not isinstance(flag, str):
+            raise (at / "flags" / i).fail(f"expected a string, got {_kind(flag)}")
+    # In a qcow2 file: flag 'auto' = recording, 'in-use' = inconsistent, and every
+    # stored bitmap is persistent by definition.
+    return Bitmap(name=at.get(entry, "name", str, required=True),
+                  recording="auto" in flags, inconsistent="in-use" in flags,
+                  persistent=True, busy=False,
+                  granularity=at.get(entry, "granularity", int))
+
+
+def _qmp(nodes: list[Any], at: _At, top: Optional[str]) -> Chain:
+    formats: dict[str, tuple[_At, dict[str, Any]]] = {}  # by file
+    for i, node in enumerate(nodes):
+        here = at / i
+        node = here.obj(node)
+        name = here.get(node, "node-name", str, required=True)
+        drv = here.get(node, "drv", str, required=True)
+        file = here.get(node, "file", str, required=True)
+        if drv in FORMAT_DRIVERS:
+            if file in formats:
+                raise here.fail(f"two format nodes for file {file!r} "
+                                f"({formats[file][1]['node-name']!r} and {name!r})")
+            formats[file] = (here, node)
+    if not formats:
+        raise at.fail("no format node (drv qcow2, raw, ...) among the QMP block nodes")
+
+    def backing_of(here: _At, node: dict[str, Any]) -> Optional[str]:
+        image = here.get(node, "image", dict) or {}
+        iat = here / "image"
+        return iat.get(image, "full-backing-filename", str) or iat.get(image, "backing-filename", str)
+
+    below = {file: backing_of(*entry) for file, entry in formats.items()}
+    named = {b for b in below.values() if b is not None}
+    tops = [entry for file, entry in formats.items() if file not in named]
+    if top is not None:
+        picked = [e for e in formats.values() if e[1]["node-name"] == top]
+        if not picked:
+            raise InputError(f"{at.where}: no format node named {top!r}; "
+                             f"candidates: {_candidates(tops or list(formats.values()))}")
+        here, node = picked[0]
+    elif len(tops) == 1:
+        here, node = tops[0]
+    elif not tops:
+        raise at.fail("the backing files form a loop: no top node")
+    else:
+        raise InputError(f"{at.where}: {len(tops)} disks in this QMP data; pick one with "
+                         f"--top NODE: {_candidates(tops)}")
+
+    layers, seen = [], set()
+    file: Optional[str] = node["file"]
+    while file is not None and file in formats:
+        if file in seen:
+            raise at.fail(f"backing loop at {file!r}")
+        seen.add(file)
+        here, node = formats[file]
+        layers.append(Layer(len(layers), file, node["drv"], node["node-name"],
+                            _qmp_compat(here, node), below[file], _qmp_bitmaps(here, node)))
+        file = below[file]
+    return Chain("qmp", tuple(layers), complete=file is None)
+
+
+def _candidates(entries: list[tuple[_At, dict[str, Any]]]) -> str:
+    return ", ".join(f"{n['node-name']} ({n['file']})" for _, n in entries)
+
+
+def _qmp_compat(at: _At, node: dict[str, Any]) -> Optional[str]:
+    image = node.get("image")
+    spec = image.get("format-specific") if isinstance(image, dict) else None
+    if isinstance(spec, dict) and spec.get("type") == "qcow2" and isinstance(spec.get("data"), dict):
+        compat = spec["data"].get("compat")
+        return compat if isinstance(compat, str) else None
+    return None
+
+
+def _qmp_bitmaps(at: _At, node: dict[str, Any]) -> tuple[Bitmap, ...]:
+    entries = at.get(node, "dirty-bitmaps", list) or []
+    out = []
+    for i, entry in enumerate(entries):
+        here = at / "dirty-bitmaps" / i
+        entry = here.obj(entry)
+
+        def flag(key: str) -> bool:  # a missing boolean means false
+            return bool(here.get(entry, key, bool))
+
+        status = here.get(entry, "status", str)  # QEMU < 4.0 had 'status', not 'recording'
+        recording = flag("recording") if "recording" in entry or status is None else status != "disabled"
+        out.append(Bitmap(name=here.get(entry, "name", str, required=True),
+                          recording=recording, inconsistent=flag("inconsistent"),
+                          persistent=flag("persistent"), busy=flag("busy") or status in ("frozen", "locked"),
+                          granularity=here.get(entry, "granularity", int)))
+    return _unique(at / "dirty-bitmaps", out)
+
+
+def _unique(at: _At, bitmaps: list[Bitmap]) -> tuple[Bitmap, ...]:
+    """A layer holds at most one bitmap of a name (qcow2 and QEMU enforce it)."""
+    seen: set[str] = set()
+    for i, b in enumerate(bitmaps):
+        if b.name in seen:
+            raise (at / i).fail(f"a second bitmap named {b.name!r} in one layer")
+        seen.add(b.name)
+    return tuple(bitmaps)

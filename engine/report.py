@@ -1,0 +1,78 @@
+"""Reports for people (text) and programs (JSON). The JSON shape is a contract: see
+README, 'JSON report'."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from dataclasses import asdict
+from typing import Any
+
+from .model import Finding, Report
+
+
+def to_dict(report: Report) -> dict[str, Any]:
+    return {
+        "source": report.chain.source,
+        "chain": [{"layer": l.layer, "filename": l.filename, "format": l.format, "node": l.node}
+                  for l in report.chain.layers],
+        "rules": list(report.rules),
+        "bitmaps": [{"name": v.name, "valid": v.valid, "findings": [asdict(f) for f in v.findings]}
+                    for v in report.bitmaps],
+        "findings": [asdict(f) for f in report.findings],
+    }
+
+
+def to_json(report: Report) -> str:
+    return json.dumps(to_dict(report), indent=2, ensure_ascii=False)
+
+
+def show(text: str, width: int = 0) -> str:
+    """Text safe for a terminal: control characters escaped, optionally shortened."""
+    if any(unicodedata.category(c) == "Cc" for c in text):
+        text = "".join(json.dumps(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in text)
+    return text if not width or len(text) <= width else text[: width - 1] + "…"
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def _finding_lines(f: Finding, about: str) -> list[str]:
+    lines = [f"  {f.severity.upper()} {f.rule}{about}, layer {f.layer} ({show(f.filename)})",
+             f"    {show(f.message)}",
+             f"    fix: {show(f.remediation)}"]
+    if f.caveat:
+        lines.append(f"    note: {f.caveat}")
+    return lines
+
+
+def to_text(report: Report) -> str:
+    chain = report.chain
+    out = [f"chain from {chain.source}, {len(chain.layers)} layer"
+           f"{'s' if len(chain.layers) != 1 else ''}, top first:"]
+    out += ["  " + line for line in _table(
+        [["LAYER", "FORMAT", "FILE"]]
+        + [[str(l.layer), l.format, show(l.filename)] for l in chain.layers])]
+    out.append("")
+    if not report.bitmaps:
+        out.append("no bitmaps in this chain (name one with --bitmap to check it anyway)")
+    else:
+        rows = [["BITMAP", "VALID", "FIRST FAILING RULE", "LAYER", "FILE"]]
+        for v in report.bitmaps:
+            first = v.findings[0] if v.findings else None
+            rows.append([show(v.name, 40), "yes" if v.valid else "NO",
+                         first.rule if first else "-", str(first.layer) if first else "-",
+                         show(first.filename, 60) if first else "-"])
+        out += _table(rows)
+    findings = [(f, f", bitmap '{show(v.name)}'") for v in report.bitmaps for f in v.findings]
+    findings += [(f, "") for f in report.findings]
+    if findings:
+        out += ["", "findings:"]
+        for f, about in findings:
+            out += _finding_lines(f, about)
+    valid = sum(v.valid for v in report.bitmaps)
+    out += ["", f"{len(report.bitmaps)} bitmap{'s' if len(report.bitmaps) != 1 else ''} checked: "
+                f"{valid} valid, {len(report.bitmaps) - valid} not valid"]
+    return "\n".join(out)

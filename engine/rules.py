@@ -1,0 +1,250 @@
+"""Loading rule files: YAML, checked against a JSON Schema and then for what a schema
+cannot say (unique ids, known facts), compiled to Python."""
+
+from __future__ import annotations
+
+import json
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import jsonschema
+import yaml
+
+from . import ops
+from .errors import RulesError
+from .subjects import FACTS, LAYER_FIELDS
+
+SEVERITIES = ("error", "warning", "info")
+FILTERS = ("sh",)
+
+
+def rules_dir() -> Path:
+    """The rules shipped with the package (engine.rules), or rules/ of a source tree."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "rules", here.parent / "rules"):
+        if candidate.is_dir():
+            return candidate
+    raise RulesError(f"no rules directory beside {here}")
+
+
+def default_files() -> list[Path]:
+    return sorted(rules_dir().glob("*.yaml"))
+
+
+def tostring(value: Any) -> str:
+    """jq's tostring: strings as they are, everything else as JSON text."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def sh_quote(value: Any) -> str:
+    """jq's @sh: a string in single quotes, each ' written as '\\''."""
+    return "'" + value.replace("'", "'\\''") + "'" if isinstance(value, str) else tostring(value)
+
+
+@dataclass(frozen=True)
+class Template:
+    """Text with {field} and {field|sh} placeholders; {{ and }} are literal braces."""
+
+    parts: tuple[tuple[str, Optional[str], Optional[str]], ...]  # (literal, field, filter)
+
+    @staticmethod
+    def parse(text: str) -> "Template":
+        parts = []
+        try:
+            for literal, field, spec, conv in string.Formatter().parse(text):
+                if field is None:
+                    parts.append((literal, None, None))
+                    continue
+                if spec or conv or not field:
+                    raise ValueError(f"placeholder {{{field}}}: write {{field}} or {{field|sh}}")
+                name, _, filt = field.partition("|")
+                if filt and filt not in FILTERS:
+                    raise ValueError(f"unknown filter '|{filt}' in {{{field}}}")
+                parts.append((literal, name, filt or None))
+        except ValueError as e:
+            raise ValueError(f"bad template {text!r}: {e}") from None
+        return Template(tuple(parts))
+
+    def fields(self) -> list[str]:
+        return [f for _, f, _ in self.parts if f is not None]
+
+    def render(self, facts: dict[str, Any]) -> str:
+        out = []
+        for literal, field, filt in self.parts:
+            out.append(literal)
+            if field is not None:
+                value = facts.get(field)
+                out.append(sh_quote(value) if filt == "sh" else tostring(value))
+        return "".join(out)
+
+
+@dataclass(frozen=True)
+class Example:
+    expect: str  # "pass" or "fail"
+    bitmaps: tuple[str, ...]
+    input: Any
+    layers: Optional[tuple[int, ...]]  # where a failing example's findings must be
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    title: str
+    severity: str
+    subject: str
+    statement: str
+    require: Any  # the expression, as written
+    at: Any  # expression of the finding's layer
+    message: Template
+    remediation: Template
+    examples: tuple[Example, ...]
+    article: str
+    source: str  # the file it came from
+    check: ops.Compiled
+    layer_of: ops.Compiled
+
+
+def _schema() -> dict[str, Any]:
+    text = {"type": "string", "minLength": 1}
+    example = {
+        "type": "object", "additionalProperties": False,
+        "required": ["expect", "input"],
+        "properties": {
+            "expect": {"enum": ["pass", "fail"]},
+            "bitmap": text,
+            "bitmaps": {"type": "array", "items": text, "minItems": 1},
+            "layers": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "input": {},
+        },
+        "not": {"required": ["bitmap", "bitmaps"]},
+    }
+    rule = {
+        "type": "object", "additionalProperties": False,
+        "required": ["id", "title", "severity", "subject", "require", "statement", "message",
+                     "remediation", "examples"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^[a-z][a-z0-9]*(-[a-z0-9]+)*$"},
+            "title": text, "statement": text, "message": text, "remediation": text,
+            "severity": {"enum": list(SEVERITIES)},
+            "subject": {"enum": list(FACTS)},
+            "require": {"$ref": "#/$defs/expr"},
+            "at": {"$ref": "#/$defs/expr"},
+            "examples": {"type": "array", "items": example, "minItems": 2},
+        },
+    }
+    return {
+        "type": "object", "additionalProperties": False,
+        "required": ["article", "title", "rules"],
+        "properties": {
+            "article": {"type": "string", "pattern": "^[a-z0-9]+(-[a-z0-9]+)*$"},
+            "title": text,
+            "rules": {"type": "array", "items": rule, "minItems": 1},
+        },
+        "$defs": {"expr": ops.expression_schema()},
+    }
+
+
+_VALIDATOR = jsonschema.Draft202012Validator(_schema())
+
+
+def _line(root: Optional[yaml.Node], path: Sequence[Any]) -> Optional[int]:
+    """The 1-based line of the YAML node at a JSON path, as near as it can be found."""
+    node, line = root, None
+    for key in path:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == key), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            node = None
+    return node.start_mark.line + 1 if node is not None else line
+
+
+def load(path: Path) -> list[Rule]:
+    """Every rule of one file, or a RulesError that names file, line and rule."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError) as e:
+        raise RulesError(f"{path}: cannot read: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise RulesError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+
+    def fail(where: Sequence[Any], what: str) -> RulesError:
+        line = _line(root, where)
+        rule = ""
+        if len(where) >= 2 and where[0] == "rules" and isinstance(where[1], int):
+            rid = data["rules"][where[1]].get("id") if isinstance(data["rules"][where[1]], dict) else None
+            rule = f" rule {rid if isinstance(rid, str) else '#' + str(where[1] + 1)}:"
+        return RulesError(f"{path}{':' + str(line) if line else ''}:{rule} {what}")
+
+    errors = sorted(_VALIDATOR.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        # best_match picks the most specific error among oneOf branches.
+        err = jsonschema.exceptions.best_match(errors)
+        where = ".".join(map(str, err.absolute_path)) or "top level"
+        raise fail(list(err.absolute_path), f"{where}: {err.message}")
+
+    rules, seen = [], {}
+    for i, raw in enumerate(data["rules"]):
+        here = ["rules", i]
+        rid = raw["id"]
+        if rid in seen:
+            raise fail(here + ["id"], f"duplicate id (also rule #{seen[rid] + 1})")
+        seen[rid] = i
+        facts = FACTS[raw["subject"]]
+        at = raw.get("at", {"field": "layer"})
+        if "at" not in raw and "layer" not in facts:
+            raise fail(here, f"subject '{raw['subject']}' has no 'layer' fact: say where findings are with 'at'")
+        for key, expr in (("require", raw["require"]), ("at", at)):
+            for f in ops.fields_used(expr):
+                if f not in facts:
+                    raise fail(here + [key], f"unknown fact '{f}' for subject "
+                                             f"'{raw['subject']}' (known: {', '.join(facts)})")
+        templates = {}
+        for key in ("message", "remediation"):
+            try:
+                templates[key] = Template.parse(raw[key])
+            except ValueError as e:
+                raise fail(here + [key], f"{key}: {e}") from None
+            for f in templates[key].fields():
+                if f not in facts and f not in LAYER_FIELDS:
+                    raise fail(here + [key], f"{key} names unknown field '{{{f}}}' (known: "
+                                             f"{', '.join([*facts, *LAYER_FIELDS])})")
+        examples = tuple(
+            Example(e["expect"], tuple(e["bitmaps"]) if "bitmaps" in e else
+                    ((e["bitmap"],) if "bitmap" in e else ()), e["input"],
+                    tuple(e["layers"]) if "layers" in e else None)
+            for e in raw["examples"])
+        if {e.expect for e in examples} != {"pass", "fail"}:
+            raise fail(here + ["examples"], "needs at least one passing and one failing example")
+        rules.append(Rule(
+            id=rid, title=raw["title"], severity=raw["severity"], subject=raw["subject"],
+            statement=raw["statement"], require=raw["require"], at=at,
+            message=templates["message"], remediation=templates["remediation"],
+            examples=examples, article=data["article"], source=str(path),
+            check=ops.compile_py(raw["require"]), layer_of=ops.compile_py(at)))
+    return rules
+
+
+def load_all(paths: Optional[Sequence[Path]] = None) -> list[Rule]:
+    """Rules of several files; ids must be unique across them."""
+    rules: list[Rule] = []
+    owner: dict[str, str] = {}
+    for path in paths or default_files():
+        for rule in load(Path(path)):
+            if rule.id in owner:
+                raise RulesError(f"{path}: rule {rule.id}: id already used in {owner[rule.id]}")
+            owner[rule.id] = rule.source
+            rules.append(rule)
+    if not rules:
+        raise RulesError("no rules found")
+    return rules
