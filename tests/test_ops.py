@@ -1,0 +1,62 @@
+"""Each operation of the rule vocabulary means the same in Python and in jq: both
+backends run on the same subjects and must agree (jq here is /usr/bin/jq)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+
+from engine import ops
+
+VALUES: list[Any] = [None, False, True, 0, 1, 2.5, -3, "", "a", "b", "it's \\(.) $__loc__"]
+SUBJECTS = [{"x": x, "y": y} for x, y in itertools.product(VALUES, repeat=2)]
+
+
+def _expressions() -> list[Any]:
+    x, y = {"field": "x"}, {"field": "y"}
+    out: list[Any] = [x, 1, "lit \\(.)\"", None, True]
+    for op in ops.OPS.values():
+        out.append({op.name: x} if op.arity == 1 else {op.name: [x, y]})
+        if op.arity == 0:
+            out.append({op.name: [x]})
+            out.append({op.name: [x, y, {"not": x}]})
+    out.append({"all": [{"eq": [x, 1]}, {"not": {"lt": [y, "a"]}}]})
+    return out
+
+
+EXPRESSIONS = _expressions()
+
+
+def test_every_operation_is_exercised() -> None:
+    used = {next(iter(e)) for e in EXPRESSIONS if isinstance(e, dict)}
+    assert set(ops.OPS) | {ops.FIELD} <= used
+
+
+@pytest.mark.skipif(shutil.which("jq") is None, reason="jq not installed")
+@pytest.mark.parametrize("expr", EXPRESSIONS, ids=json.dumps)
+def test_python_and_jq_agree(expr: Any) -> None:
+    program = f"[.[] | {ops.compile_jq(expr)}]"
+    done = subprocess.run(["jq", "-c", program], input=json.dumps(SUBJECTS), capture_output=True,
+                          text=True, check=True)
+    from_jq = json.loads(done.stdout)
+    fn = ops.compile_py(expr)
+    from_py = [fn(s) for s in SUBJECTS]
+    diffs = [(s, p, j) for s, p, j in zip(SUBJECTS, from_py, from_jq) if not ops.jq_eq(p, j)]
+    assert not diffs, f"{program}: (subject, python, jq): {diffs[:5]}"
+
+
+def test_jq_semantics_not_python_semantics() -> None:
+    # Python would say True == 1 and treat 0 and "" as false; jq does not.
+    assert ops.compile_py({"eq": [True, 1]})({}) is False
+    assert ops.compile_py({"not": 0})({}) is False
+    assert ops.compile_py({"any": [""]})({}) is True
+    assert ops.compile_py({"lt": [None, False]})({}) is True
+
+
+def test_fields_used() -> None:
+    assert ops.fields_used({"all": [{"field": "a"}, {"not": {"field": "b"}}, 3]}) == ["a", "b"]
