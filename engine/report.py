@@ -55,6 +55,10 @@ def to_text(report: Report) -> str:
     out += ["  " + line for line in _table(
         [["LAYER", "FORMAT", "FILE"]]
         + [[str(l.layer), l.format, show(l.filename)] for l in chain.layers])]
+    if not chain.complete:
+        last = chain.layers[-1]
+        out.append(f"  (incomplete: layer {last.layer} has the backing file "
+                   f"{show(last.backing or '?')}, which is not in the input)")
     out.append("")
     if not report.bitmaps:
         out.append("no bitmaps in this chain (name one with --bitmap to check it anyway)")

@@ -38,9 +38,12 @@ def tostring(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+SH_ESCAPED = "'\\''"  # inside single quotes: close, an escaped quote, reopen
+
+
 def sh_quote(value: Any) -> str:
-    """jq's @sh: a string in single quotes, each ' written as '\\''."""
-    return "'" + value.replace("'", "'\\''") + "'" if isinstance(value, str) else tostring(value)
+    """A string for a POSIX shell: in single quotes, each ' written as '\\''."""
+    return "'" + value.replace("'", SH_ESCAPED) + "'" if isinstance(value, str) else tostring(value)
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,9 @@ def make_chain(directory: Path, layers: Sequence[Mapping[str, str]],
                formats: Optional[Sequence[str]] = None) -> list[Path]:
     """Real images, base first in `layers` order reversed: layers[0] is the TOP.
 
-    Each layer maps bitmap name -> state: "ok" (recording), "disabled", or "in-use"
-    (left by a writer killed mid-write: qemu-io ... -c abort). `formats` gives each
+    Each layer maps bitmap name -> state: "ok" (recording), "disabled", "in-use"
+    (left by a writer killed mid-write: qemu-io ... -c abort), or "disabled-in-use"
+    (a disabled bitmap that such a writer loaded: both flags wrong). `formats` gives each
     layer's format (default qcow2): "qcow2", "qcow2-v2" (compat 0.10) or "raw"; a layer
     that cannot hold bitmaps must have none. Returns the paths, top first.
     """
@@ -46,28 +47,36 @@ def make_chain(directory: Path, layers: Sequence[Mapping[str, str]],
             args += ["-b", below[0].name, "-F", below[1]]
         qemu_img(*args, str(path.name), "1M", cwd=directory)
         bitmaps = layers[depth]
+        # "--" ends the options: a bitmap name may start with "-".
         # In-use first: the killed writer marks every bitmap it loaded in-use.
-        broken = [n for n, s in bitmaps.items() if s == "in-use"]
+        broken = [n for n, s in bitmaps.items() if s in ("in-use", "disabled-in-use")]
         for name in broken:
-            qemu_img("bitmap", "--add", path.name, name, cwd=directory)
+            disable = ["--disable"] if bitmaps[name] == "disabled-in-use" else []
+            qemu_img("bitmap", "--add", *disable, "--", path.name, name, cwd=directory)
         if broken:
             subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write 0 64k", "-c", "abort", path.name],
                            cwd=directory, capture_output=True)
         for name, state in bitmaps.items():
             if state == "ok":
-                qemu_img("bitmap", "--add", path.name, name, cwd=directory)
+                qemu_img("bitmap", "--add", "--", path.name, name, cwd=directory)
             elif state == "disabled":
-                qemu_img("bitmap", "--add", "--disable", path.name, name, cwd=directory)
+                qemu_img("bitmap", "--add", "--disable", "--", path.name, name, cwd=directory)
             else:
-                assert state == "in-use", state
+                assert state in ("in-use", "disabled-in-use"), state
         paths.append(path)
         below = (path, real)
     return paths[::-1]
 
 
-def info_json(top: Path) -> Any:
-    """qemu-img info --output=json --backing-chain of a top image, parsed."""
-    return json.loads(qemu_img("info", "--output=json", "--backing-chain", top.name, cwd=top.parent))
+def info_text(top: Path, backing_chain: bool = True) -> str:
+    """qemu-img info --output=json [--backing-chain] of a top image, as printed."""
+    chain = ["--backing-chain"] if backing_chain else []
+    return qemu_img("info", "--output=json", *chain, top.name, cwd=top.parent)
+
+
+def info_json(top: Path, backing_chain: bool = True) -> Any:
+    """qemu-img info --output=json [--backing-chain] of a top image, parsed."""
+    return json.loads(info_text(top, backing_chain))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,198 @@
+"""The jq backend: the rule files compiled into one self-contained jq program that
+reads the same inputs as `kbrules check` and prints the same JSON report.
+
+The program's parts mirror the Python pipeline: normalization (normalize.py),
+subjects (subjects.py), each rule's check from the ops table (ops.py), findings,
+verdicts and the report (evaluate.py, report.py). Values from the input never become
+program text: bitmap names arrive as $ARGS.positional, the QMP top node as
+$ARGS.named.top.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional, Sequence
+
+from . import ops
+from .normalize import FORMAT_DRIVERS
+from .rules import SH_ESCAPED, Rule, Template
+from .subjects import FACTS
+
+# Normalization and subjects, in jq. Kept in the subset that jq 1.6, gojq and libjq 1.8
+# share (see docs: no builtins added after 1.6, `if` always with `else`).
+PRELUDE = r"""
+def kb_fail($m): error("kbrules: " + $m);
+def kb_truthy: . != null and . != false;
+
+# qemu-img info --output=json: one image (maybe with nested backing-image) or an array.
+def kb_qemu_img:
+  (if type == "object" then [recurse(.["backing-image"] // empty)] else . end)
+  | [ to_entries[] | .key as $i | .value
+      | ((.["format-specific"] // {}) | if .type == "qcow2" then (.data // {}) else null end) as $q
+      | { layer: $i, filename: .filename, format: .format, node: null,
+          compat: ($q | if . != null and (.compat | type) == "string" then .compat else null end),
+          backing: (.["full-backing-filename"] // .["backing-filename"]),
+          bitmaps: [ ($q // {}) | (.bitmaps // [])[] | (.flags // []) as $f
+                     | { name: .name, recording: any($f[]; . == "auto"),
+                         inconsistent: any($f[]; . == "in-use"), persistent: true,
+                         busy: false, granularity: .granularity } ] } ]
+  | { source: "qemu-img", layers: ., complete: (.[-1].backing == null) };
+
+# QMP query-named-block-nodes: rebuild the chain from backing file names.
+def kb_qmp($top):
+  (FORMAT_DRIVERS | map({(.): true}) | add) as $isfmt
+  | [ .[] | select($isfmt[.drv] == true)
+      | . + { kb_backing: ((.image // {}) | .["full-backing-filename"] // .["backing-filename"]) } ] as $fmts
+  | if ($fmts | length) == 0 then kb_fail("no format node among the QMP block nodes") else . end
+  | (reduce $fmts[] as $n ({}; .[$n.file] = $n)) as $byfile
+  | (reduce ($fmts[].kb_backing | select(. != null)) as $b ({}; .[$b] = true)) as $named
+  | [ $fmts[] | select($named[.file] | not) ] as $tops
+  | (if $top != null then
+       ([ $fmts[] | select(.["node-name"] == $top) ] | if length > 0 then .[0]
+        else kb_fail("no format node named " + ($top | tojson)) end)
+     elif ($tops | length) == 1 then $tops[0]
+     elif ($tops | length) == 0 then kb_fail("the backing files form a loop: no top node")
+     else kb_fail(($tops | length | tostring) + " disks in this QMP data; pick one with --top NODE: "
+                  + ([ $tops[] | .["node-name"] + " (" + .file + ")" ] | join(", "))) end) as $start
+  | [ limit(($fmts | length) + 1; $start | recurse(if .kb_backing != null then ($byfile[.kb_backing] // empty) else empty end)) ]
+  | if length > ($fmts | length) then kb_fail("backing loop") else . end
+  | { source: "qmp",
+      layers: [ to_entries[] | .key as $i | .value
+        | { layer: $i, filename: .file, format: .drv, node: .["node-name"],
+            compat: ((.image // {}) | .["format-specific"] // {}
+                     | if .type == "qcow2" and (.data.compat | type) == "string" then .data.compat else null end),
+            backing: .kb_backing,
+            bitmaps: [ (.["dirty-bitmaps"] // [])[]
+              | { name: .name,
+                  recording: (if has("recording") or .status == null then .recording == true
+                              else .status != "disabled" end),
+                  inconsistent: (.inconsistent == true), persistent: (.persistent == true),
+                  busy: (.busy == true or .status == "frozen" or .status == "locked"),
+                  granularity: .granularity } ] } ],
+      complete: (.[-1].kb_backing == null) };
+
+def kb_chain($top):
+  if type == "object" and (.error | type) == "object" then
+    kb_fail("QMP error reply: " + (.error.class // "Error") + ": " + (.error.desc // "(no description)"))
+  elif type == "object" and has("return") then .return | kb_qmp($top)
+  elif type == "object" then kb_qemu_img
+  elif type == "array" and length > 0 and all(.[]; type == "object" and has("node-name")) then kb_qmp($top)
+  elif type == "array" and length > 0 then kb_qemu_img
+  else kb_fail("not qemu-img info or QMP query-named-block-nodes JSON") end;
+
+# The names being checked: the requested ones (first occurrence), else every name, sorted.
+def kb_names($req):
+  if ($req | length) > 0 then
+    reduce $req[] as $n ({seen: {}, out: []};
+      if .seen[$n] then . else .seen[$n] = true | .out += [$n] end) | .out
+  else [ .layers[].bitmaps[].name ] | unique end;
+
+def kb_subjects($names):
+  . as $chain
+  | (reduce .layers[] as $l ({}; reduce $l.bitmaps[] as $b (.; .[$b.name] += [$l.layer]))) as $present
+  | (reduce $names[] as $n ({}; .[$n] = true)) as $wanted
+  | { bitmap: [ $names[] | ($present[.] // []) as $p
+                | { name: ., first_layer: $p[0], copies: ($p | length),
+                    chain_complete: $chain.complete, last_layer: (($chain.layers | length) - 1) } ],
+      copy: (reduce ($chain.layers[] | .layer as $i | .bitmaps[] | select($wanted[.name]) | . + {layer: $i})
+               as $b ({above: {}, out: []};
+                 .out += [ $b + {copies_above: (.above[$b.name] // 0)} ] | .above[$b.name] += 1)
+             | .out) };
+
+# One finding of a subject (.) at layer $at; facts win over the layer's fields.
+def kb_context($chain; $at):
+  $chain.layers[$at] as $l | {filename: $l.filename, format: $l.format, node: $l.node} + .;
+"""
+
+MAIN = r"""
+def kb_report($args):
+  (($args.named.top) // null) as $top
+| kb_chain($top) as $chain
+| ($chain | kb_names($args.positional // [])) as $names
+| ($chain | kb_subjects($names)) as $S
+| [ RULES ] as $F
+| (reduce ($F[] | select(.name != null)) as $f ({}; .[$f.name] += [$f])) as $byname
+| { source: $chain.source,
+    chain: [ $chain.layers[] | {layer, filename, format, node} ],
+    rules: RULE_IDS,
+    bitmaps: [ $names[] as $n | ($byname[$n] // [] | sort_by(.ri, .layer) | map(del(.ri, .name))) as $found
+               | { name: $n, valid: all($found[]; .severity != "error"), findings: $found } ],
+    findings: [ $F[] | select(.name == null) ] | sort_by(.ri, .layer) | map(del(.ri, .name)) };
+"""
+# As a jq file: $ARGS holds --arg top NODE and --args NAME... .
+ENTRY_CLI = "\nkb_report($ARGS)\n"
+# Through the binding: the input and the arguments arrive together as [input, args],
+# so the program compiles once (the binding binds variables at compile time).
+ENTRY_BINDING = "\n.[1] as $args | .[0] | kb_report($args)\n"
+
+
+def template_jq(template: Template) -> str:
+    """jq text that renders the template against the finding's context (`.`)."""
+    parts = []
+    for literal, field, filt in template.parts:
+        if literal:
+            parts.append(json.dumps(literal))
+        if field is not None:
+            value = f".[{json.dumps(field)}]"
+            # Not @sh: libjq 1.8 writes NUL as \0 there; split/join is the same in every
+            # jq. Like rules.sh_quote: in single quotes, each ' written as '\''.
+            quoted = f"{json.dumps(chr(39))} + (split({json.dumps(chr(39))}) | join({json.dumps(SH_ESCAPED)})) + {json.dumps(chr(39))}"
+            parts.append(f"({value} | if type == \"string\" then {quoted} else tostring end)"
+                         if filt == "sh" else f"({value} | tostring)")
+    return " + ".join(parts) or '""'
+
+
+def rule_jq(rule: Rule, index: int) -> str:
+    """jq text giving every finding of one rule, each tagged with the rule's index
+    (for ordering) and the bitmap name (for grouping; null for chain-level)."""
+    name = ".name" if "name" in FACTS[rule.subject] else "null"
+    return (f"( $S[{json.dumps(rule.subject)}][] | select({ops.compile_jq(rule.require)} | kb_truthy | not)\n"
+            f"    | ({ops.compile_jq(rule.at)}) as $at | kb_context($chain; $at) as $c\n"
+            f"    | {{ rule: {json.dumps(rule.id)}, severity: {json.dumps(rule.severity)}, layer: $at,\n"
+            f"        filename: $c.filename, message: ($c | {template_jq(rule.message)}),\n"
+            f"        remediation: ($c | {template_jq(rule.remediation)}), caveat: null,\n"
+            f"        ri: {index}, name: {name} }} )")
+
+
+def compile_program(rules: Sequence[Rule], header: str = "", entry: str = ENTRY_CLI) -> str:
+    prelude = PRELUDE.replace("FORMAT_DRIVERS", json.dumps(sorted(FORMAT_DRIVERS)))
+    body = MAIN.replace("RULE_IDS", json.dumps([r.id for r in rules])).replace(
+        "RULES", ",\n    ".join(rule_jq(r, i) for i, r in enumerate(rules)))
+    return header + prelude + body + entry
+
+
+def binding(rules: Sequence[Rule]) -> Any:
+    """The program compiled by the PyPI jq binding (libjq), ready for run()."""
+    import jq  # imported here: only this path needs the binding
+
+    return jq.compile(compile_program(rules, entry=ENTRY_BINDING))
+
+
+def run(compiled: Any, value: Any, bitmaps: Optional[Sequence[str]] = None,
+        top: Optional[str] = None) -> Any:
+    """The report, as `jq -f PROGRAM --arg top TOP --args BITMAPS...` would print it."""
+    args = {"positional": list(bitmaps or []), "named": {"top": top} if top is not None else {}}
+    return compiled.input_value([value, args]).first()
+
+
+def header(rules: Sequence[Rule], source: str) -> str:
+    """The comment block that opens a committed .jq file."""
+    stem = source.rsplit("/", 1)[-1].removesuffix(".yaml")
+    lines = [
+        f"# {stem}.jq: GENERATED from {source} by `kbrules jq --rules {source}`.",
+        "# Do not edit: change the YAML and regenerate (a test fails when this file is stale).",
+        "#",
+        "# Checks a qcow2 backing chain the way `kbrules check --format json` does, and prints",
+        "# the same JSON report, with these rules:",
+        *(f"#   {r.id} ({r.severity}): {r.title}" for r in rules),
+        "#",
+        "# Usage (jq 1.6 or later, gojq, or libjq):",
+        f"#   qemu-img info --output=json --backing-chain top.qcow2 | jq -f {stem}.jq",
+        f"#   jq -f {stem}.jq chain.json --args NAME...         only these bitmaps",
+        f"#   virsh qemu-monitor-command VM '{{\"execute\":\"query-named-block-nodes\",\"arguments\":{{\"flat\":true}}}}' \\",
+        f"#     | jq -f {stem}.jq --arg top NODE                 QMP data of several disks",
+        "# A bitmap is fit for an incremental backup when its entry says \"valid\": true;",
+        f"#   ... | jq -f {stem}.jq | jq -e 'all(.bitmaps[]; .valid)'   exits 1 otherwise.",
+        "",
+    ]
+    return "\n".join(lines)
