@@ -7,10 +7,12 @@ Every error names the input and the JSON path of what is wrong.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Optional
 
 from .errors import InputError
 from .model import Bitmap, Chain, Layer
+from .report import show
 
 # Drivers that QMP reports for format nodes. Protocol nodes (file, host_device, nbd...)
 # and filters share the `file` string of their format node and are skipped.
@@ -26,18 +28,60 @@ SHAPES = ("expected qemu-img info --output=json (an object, or with --backing-ch
 def parse_json(data: bytes, where: str) -> Any:
     """Bytes to a JSON value, or one InputError saying why not."""
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a leading UTF-8 BOM is skipped, as jq does
     except UnicodeDecodeError as e:
-        raise InputError(f"{where}: not UTF-8 text (byte {e.start}); {SHAPES}") from None
+        bom = ", a UTF-16 byte order mark: convert it to UTF-8" if data.startswith(
+            (b"\xff\xfe", b"\xfe\xff")) else ""
+        raise InputError(f"{where}: not UTF-8 text (byte {e.start}{bom}); {SHAPES}") from None
     if not text.strip():
         raise InputError(f"{where}: empty input; {SHAPES}")
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as e:
-        what = "truncated JSON" if e.pos >= len(text.rstrip()) else "not JSON"
+        rest = text[e.pos:].rstrip()
+        # Cut short: at the end, inside a string, or inside a literal (tru, nul...).
+        cut = (not rest or e.msg.startswith("Unterminated string")
+               or any(lit.startswith(rest) for lit in ("true", "false", "null")))
+        what = "truncated JSON" if cut else "not JSON"
         raise InputError(f"{where}: {what} (line {e.lineno} column {e.colno}: {e.msg})") from None
     except RecursionError:
         raise InputError(f"{where}: JSON nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise InputError(f"{where}: unreadable JSON: {str(e).split(':')[0]}") from None
+    # A \ud800-\udfff escape without its pair decodes to a lone surrogate, which no
+    # output can encode; only look when the text holds such an escape.
+    if _SURROGATE_ESCAPE.search(text):
+        bad = _lone_surrogate_at(value)
+        if bad is not None:
+            raise InputError(f"{where}: {bad.lstrip('.') or 'top level'}: a string holds a "
+                             f"lone UTF-16 surrogate escape (\\ud800-\\udfff), which is not text")
+    return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate_at(value: Any) -> Optional[str]:
+    """The JSON path of a string (or of the object whose key) holding a lone surrogate;
+    None if there is none. Iterative: the value may be nested deeply."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return path
+        elif isinstance(v, list):
+            stack.extend((f"{path}[{i}]", x) for i, x in enumerate(v))
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                try:
+                    k.encode("utf-8")
+                except UnicodeEncodeError:
+                    return f"{path} (a key)"
+                stack.append((f"{path}.{show(k)}", x))  # keys are input: escape them
+    return None
 
 
 def _kind(value: Any) -> str:
@@ -81,15 +125,17 @@ def normalize(value: Any, where: str, top: Optional[str] = None) -> Chain:
     if isinstance(value, dict):
         if "error" in value and isinstance(value["error"], dict):
             err = value["error"]
-            raise InputError(f"{where}: QMP error reply: {err.get('class', 'Error')}: "
-                             f"{err.get('desc', '(no description)')}")
+            raise InputError(f"{where}: QMP error reply: {show(str(err.get('class', 'Error')))}: "
+                             f"{show(str(err.get('desc', '(no description)')))}")
         if "return" in value:
             nodes = value["return"]
             if not isinstance(nodes, list):
                 raise (at / "return").fail(f"expected an array of block nodes, got {_kind(nodes)}; {SHAPES}")
+            if _query_block(nodes):
+                raise (at / "return").fail(QUERY_BLOCK)
             return _qmp(nodes, at / "return", top)
         if "filename" in value or "format" in value:
-            return _qemu_img(_flatten(value, at), at)
+            return _qemu_img(_flatten(value, at), at, top)
         raise at.fail(f"an object with neither 'filename' nor 'return'; {SHAPES}")
     if isinstance(value, list):
         if not value:
@@ -99,11 +145,25 @@ def normalize(value: Any, where: str, top: Optional[str] = None) -> Chain:
             return _qmp(value, at, top)
         if any(qmp):
             raise (at / qmp.index(False)).fail("not a QMP block node (no 'node-name') among QMP nodes")
-        if isinstance(value[0], dict) and "device" in value[0] and "filename" not in value[0]:
-            raise at.fail("this looks like QMP query-block; use query-named-block-nodes "
-                          "with \"flat\": true")
-        return _qemu_img([(at / i, (at / i).obj(e)) for i, e in enumerate(value)], at)
+        if _query_block(value):
+            raise at.fail(QUERY_BLOCK)
+        return _qemu_img([(at / i, (at / i).obj(e)) for i, e in enumerate(value)], at, top)
     raise at.fail(f"{_kind(value)}; {SHAPES}")
+
+
+QUERY_BLOCK = "this looks like QMP query-block; use query-named-block-nodes with \"flat\": true"
+
+
+def _query_block(value: list[Any]) -> bool:
+    """QMP query-block output: one entry per disk, with 'device' and no 'node-name'."""
+    first = value[0] if value else None
+    return (isinstance(first, dict) and "device" in first and "filename" not in first
+            and "node-name" not in first)
+
+
+def _either(first: Optional[str], second: Optional[str]) -> Optional[str]:
+    """first unless absent (jq's `//`: an empty string still counts)."""
+    return first if first is not None else second
 
 
 def _flatten(image: dict[str, Any], at: _At) -> list[tuple[_At, dict[str, Any]]]:
@@ -117,13 +177,15 @@ def _flatten(image: dict[str, Any], at: _At) -> list[tuple[_At, dict[str, Any]]]
         image = at.obj(image["backing-image"])
 
 
-def _qemu_img(images: list[tuple[_At, dict[str, Any]]], at: _At) -> Chain:
+def _qemu_img(images: list[tuple[_At, dict[str, Any]]], at: _At, top: Optional[str]) -> Chain:
+    if top is not None:
+        raise InputError(f"{at.where}: --top picks a node of QMP data; this is qemu-img info output")
     layers = []
     for index, (here, image) in enumerate(images):
         filename = here.get(image, "filename", str, required=True)
         fmt = here.get(image, "format", str, required=True)
-        backing = (here.get(image, "full-backing-filename", str)
-                   or here.get(image, "backing-filename", str))
+        backing = _either(here.get(image, "full-backing-filename", str),
+                          here.get(image, "backing-filename", str))
         compat, bitmaps = None, ()
         specific = here.get(image, "format-specific", dict)
         if specific is not None and specific.get("type") == "qcow2":
@@ -171,7 +233,7 @@ def _qmp(nodes: list[Any], at: _At, top: Optional[str]) -> Chain:
     def backing_of(here: _At, node: dict[str, Any]) -> Optional[str]:
         image = here.get(node, "image", dict) or {}
         iat = here / "image"
-        return iat.get(image, "full-backing-filename", str) or iat.get(image, "backing-filename", str)
+        return _either(iat.get(image, "full-backing-filename", str), iat.get(image, "backing-filename", str))
 
     below = {file: backing_of(*entry) for file, entry in formats.items()}
     named = {b for b in below.values() if b is not None}
@@ -204,7 +266,7 @@ def _qmp(nodes: list[Any], at: _At, top: Optional[str]) -> Chain:
 
 
 def _candidates(entries: list[tuple[_At, dict[str, Any]]]) -> str:
-    return ", ".join(f"{n['node-name']} ({n['file']})" for _, n in entries)
+    return ", ".join(f"{show(n['node-name'])} ({show(n['file'])})" for _, n in entries)
 
 
 def _qmp_compat(at: _At, node: dict[str, Any]) -> Optional[str]:

@@ -168,8 +168,24 @@ def _line(root: Optional[yaml.Node], path: Sequence[Any]) -> Optional[int]:
     return node.start_mark.line + 1 if node is not None else line
 
 
+# Loaded files by (path, mtime, size): a process that checks many inputs reads each
+# rules file once, and a changed file is read again.
+_LOADED: dict[tuple[str, int, int], list[Rule]] = {}
+
+
 def load(path: Path) -> list[Rule]:
     """Every rule of one file, or a RulesError that names file, line and rule."""
+    try:
+        stat = path.stat()
+    except OSError as e:
+        raise RulesError(f"{path}: cannot read: {e.strerror or e}") from None
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _LOADED:
+        _LOADED[key] = _load(path)
+    return list(_LOADED[key])
+
+
+def _load(path: Path) -> list[Rule]:
     try:
         text = path.read_text(encoding="utf-8")
         root = yaml.compose(text)

@@ -1,0 +1,333 @@
+"""Property-based tests of `kbrules check - --format json` on generated input.
+
+1. Any JSON value at all (biased toward the keys and values real inputs use): the only
+   outcomes are a report that keeps the JSON contract (exit 0/1, empty stderr) or one
+   line on stderr and nothing on stdout (exit 2). Never a traceback.
+2. Well-formed qemu-img and QMP inputs: a report, naming every bitmap of the input, with
+   libvirt's verdict (written again here, independently, as the oracle).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterator, Optional
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import engine.cli
+from engine.rules import load_all
+from helpers import Run, kbrules
+
+RULES = load_all()
+
+
+
+
+# ------------------------------------------------------------------ the contract
+
+REPORT_KEYS = {"source", "chain", "rules", "bitmaps", "findings"}
+CHAIN_KEYS = {"layer", "filename", "format", "node"}
+VERDICT_KEYS = {"name", "valid", "findings"}
+FINDING_KEYS = {"rule", "severity", "layer", "filename", "message", "remediation", "caveat"}
+RULE_IDS = [r.id for r in RULES]
+
+
+def check_finding(f: Any, layers: int) -> None:
+    assert isinstance(f, dict) and set(f) == FINDING_KEYS, f
+    assert f["rule"] in RULE_IDS and f["severity"] in ("error", "warning", "info"), f
+    assert isinstance(f["layer"], int) and 0 <= f["layer"] < layers, f
+    assert isinstance(f["filename"], str), f  # as the input gives it, even ""
+    assert all(isinstance(f[k], str) and f[k] for k in ("message", "remediation")), f
+    assert f["caveat"] is None or isinstance(f["caveat"], str), f
+
+
+def check_outcome(run: Run) -> Optional[dict[str, Any]]:
+    """The only allowed outcomes; the report when there is one."""
+    if run.code == 2:
+        assert run.out == "", f"output with exit 2: {run.out[:200]!r}"
+        assert "Traceback" not in run.err
+        assert run.err.startswith("kbrules: ") and run.err.endswith("\n"), repr(run.err)
+        assert run.err.count("\n") == 1 and "\r" not in run.err, f"not one line: {run.err!r}"
+        assert run.err.strip() != "kbrules:"
+        return None
+    assert run.code in (0, 1), run
+    assert run.err == "", run.err
+    run.out.encode("utf-8")  # strict: a real stdout must be able to print it
+    report = run.json()
+    assert isinstance(report, dict) and set(report) == REPORT_KEYS, report
+    assert report["source"] in ("qemu-img", "qmp")
+    assert report["rules"] == RULE_IDS
+    chain = report["chain"]
+    assert isinstance(chain, list) and chain
+    for i, layer in enumerate(chain):
+        assert set(layer) == CHAIN_KEYS and layer["layer"] == i, layer
+        assert isinstance(layer["filename"], str) and isinstance(layer["format"], str)
+        assert layer["node"] is None if report["source"] == "qemu-img" else isinstance(layer["node"], str)
+    errors = False
+    for verdict in report["bitmaps"]:
+        assert set(verdict) == VERDICT_KEYS and isinstance(verdict["name"], str), verdict
+        for f in verdict["findings"]:
+            check_finding(f, len(chain))
+        bad = any(f["severity"] == "error" for f in verdict["findings"])
+        assert verdict["valid"] is (not bad), verdict
+        errors |= bad
+    for f in report["findings"]:
+        check_finding(f, len(chain))
+        errors |= f["severity"] == "error"
+    assert run.code == (1 if errors else 0), (run.code, errors)
+    names = [v["name"] for v in report["bitmaps"]]
+    assert len(names) == len(set(names)), names
+    return report
+
+
+# ------------------------------------------------- 1. any JSON value, biased keys
+
+KEYS = ["filename", "format", "format-specific", "type", "data", "bitmaps", "name", "flags",
+        "granularity", "node-name", "drv", "file", "dirty-bitmaps", "recording", "persistent",
+        "inconsistent", "busy", "status", "count", "image", "backing-filename",
+        "full-backing-filename", "backing-filename-format", "backing-image", "compat",
+        "return", "error", "class", "desc", "device", "inserted", "children", "virtual-size"]
+WORDS = ["qcow2", "raw", "file", "auto", "in-use", "1.1", "0.10", "a", "b", "current",
+         "top.qcow2", "base.qcow2", "top-format", "disabled", "active", "frozen", "GenericError"]
+ODD = ["\ud800", "\udc80", "\n", "\r", "\x1b", "\u2028", "\x00", "'", '"', "\\"]
+
+text = st.text(st.characters() | st.sampled_from(ODD), max_size=8)
+scalars = (st.none() | st.booleans() | st.integers() | st.floats()
+           | st.sampled_from(WORDS) | st.sampled_from([65536, 512, 0, -1]) | text)
+keys = st.sampled_from(KEYS) | text
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(keys, inner, max_size=8),
+    max_leaves=40)
+
+
+def encode(value: Any, how: str) -> bytes:
+    if how == "ascii":  # as qemu and virsh print it: non-ASCII as \\u escapes
+        return json.dumps(value).encode()
+    # Raw UTF-8; lone surrogates become invalid byte sequences (surrogatepass).
+    return json.dumps(value, ensure_ascii=False, indent=1).encode("utf-8", "surrogatepass")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=json_values, how=st.sampled_from(["ascii", "utf-8"]),
+       extra=st.sampled_from([(), ("--top", "top-format"), ("--bitmap", "a")]))
+def test_any_json_value(value: Any, how: str, extra: tuple[str, ...]) -> None:
+    check_outcome(kbrules("check", "-", "--format", "json", *extra, stdin=encode(value, how)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.binary(max_size=64) | st.text(max_size=64).map(lambda t: t.encode("utf-8")))
+def test_any_bytes(data: bytes) -> None:
+    check_outcome(kbrules("check", "-", "--format", "json", stdin=data))
+
+
+# ------------------------------------------- 2. well-formed qemu-img and QMP input
+
+NAMES = (st.sampled_from(["a", "b", "c", "current", "backup-2024-01-01", "d\u00e9j\u00e0",
+                          "with space", "x" * 100, "'quote'", "-dash"])
+         | st.text(st.characters(blacklist_categories=("Cs",)) | st.sampled_from(["\n", "\x1b", "\u2028"]),
+                   min_size=1, max_size=6))
+FLAGS = st.sampled_from([("auto",), ("auto",), ("auto",), (), ("in-use", "auto"), ("in-use",)]).map(list)
+GRANULARITY = st.sampled_from([512, 65536, 2 ** 20])
+
+
+@st.composite
+def layer_bitmaps(draw: st.DrawFn) -> dict[str, dict[str, Any]]:
+    """One layer's bitmaps: name -> state (flags, persistent, busy, granularity)."""
+    names = draw(st.lists(NAMES, unique=True, max_size=4))
+    return {n: {"flags": draw(FLAGS), "persistent": draw(st.booleans() | st.just(True)),
+                "busy": draw(st.booleans()), "granularity": draw(GRANULARITY)} for n in names}
+
+
+@st.composite
+def chains(draw: st.DrawFn) -> dict[str, Any]:
+    """A chain, top first: per layer its bitmaps; and whether the base names a backing
+    file missing from the input."""
+    depth = draw(st.integers(1, 6))
+    return {"layers": [draw(layer_bitmaps()) for _ in range(depth)],
+            "incomplete": draw(st.booleans() | st.just(False))}
+
+
+def oracle(layers: list[dict[str, dict[str, Any]]], complete: bool,
+           transient_ok: bool) -> dict[str, bool]:
+    """libvirt >= 6.5 (qemuBlockBitmapChainIsValid), written again from its README."""
+    verdicts = {}
+    for name in {n for layer in layers for n in layer}:
+        holding = [i for i, layer in enumerate(layers) if name in layer]
+        run_from_top = holding == list(range(len(holding)))
+        copies_ok = all("auto" in s["flags"] and "in-use" not in s["flags"]
+                        and (s["persistent"] or transient_ok)
+                        for layer in layers for n, s in layer.items() if n == name)
+        verdicts[name] = complete and holding[0] == 0 and run_from_top and copies_ok
+    return verdicts
+
+
+def qemu_img_value(chain: dict[str, Any], draw: st.DrawFn) -> Any:
+    layers = chain["layers"]
+    out = []
+    for i, bitmaps in enumerate(layers):
+        name = f"/var/lib/images/layer{i}.qcow2"
+        data: dict[str, Any] = {"compat": "1.1", "lazy-refcounts": False, "refcount-bits": 16,
+                                "corrupt": False, "extended-l2": False}
+        if bitmaps:  # absent, never [], when there are none
+            data["bitmaps"] = [{"name": n, "granularity": s["granularity"], "flags": list(s["flags"])}
+                               for n, s in bitmaps.items()]
+        image: dict[str, Any] = {"virtual-size": 1048576, "filename": name, "format": "qcow2",
+                                 "actual-size": 200704, "dirty-flag": False, "cluster-size": 65536,
+                                 "format-specific": {"type": "qcow2", "data": data}}
+        if i + 1 < len(layers) or chain["incomplete"]:
+            below = f"/var/lib/images/layer{i + 1}.qcow2"
+            image.update({"backing-filename": f"layer{i + 1}.qcow2", "full-backing-filename": below,
+                          "backing-filename-format": "qcow2"})
+        if draw(st.booleans()):
+            image["children"] = [{"name": "file", "info": {"children": [], "virtual-size": 197120,
+                                                            "filename": name, "format": "file"}}]
+        out.append(image)
+    if len(out) == 1 and draw(st.booleans()):
+        return out[0]  # plain qemu-img info: one object
+    return out
+
+
+def qmp_disk(chain: dict[str, Any], prefix: str) -> list[dict[str, Any]]:
+    layers = chain["layers"]
+    nodes = []
+    for i, bitmaps in enumerate(layers):
+        file = f"/var/lib/images/{prefix}{i}.qcow2"
+        image: dict[str, Any] = {"virtual-size": 1048576, "filename": file, "format": "qcow2",
+                                 "format-specific": {"type": "qcow2", "data": {"compat": "1.1"}}}
+        if i + 1 < len(layers) or chain["incomplete"]:
+            below = f"/var/lib/images/{prefix}{i + 1}.qcow2"
+            image.update({"backing-filename": below, "full-backing-filename": below,
+                          "backing-filename-format": "qcow2"})
+        dirty = []
+        for n, s in bitmaps.items():
+            entry: dict[str, Any] = {"name": n, "recording": "auto" in s["flags"],
+                                     "persistent": s["persistent"], "busy": s["busy"],
+                                     "granularity": s["granularity"], "count": 0}
+            if "in-use" in s["flags"]:  # present only when true
+                entry["inconsistent"] = True
+            dirty.append(entry)
+        node: dict[str, Any] = {"node-name": f"{prefix}-{i}-format", "drv": "qcow2", "file": file,
+                                "image": image, "ro": i > 0, "backing_file_depth": len(layers) - 1 - i}
+        if dirty:
+            node["dirty-bitmaps"] = dirty
+        nodes.append(node)
+        nodes.append({"node-name": f"{prefix}-{i}-storage", "drv": "file", "file": file,
+                      "image": {"virtual-size": 197120, "filename": file, "format": "file"},
+                      "ro": i > 0, "backing_file_depth": 0})
+    return nodes
+
+
+def check_report(run: Run, chain: dict[str, Any], transient_ok: bool) -> dict[str, Any]:
+    report = check_outcome(run)
+    assert report is not None, run.err
+    layers = chain["layers"]
+    assert len(report["chain"]) == len(layers)
+    expected = oracle(layers, not chain["incomplete"], transient_ok)
+    got = {v["name"]: v["valid"] for v in report["bitmaps"]}
+    assert got == expected, (got, expected)
+    if chain["incomplete"] and got:
+        assert all(any(f["rule"] == "chain-complete" for f in v["findings"]) for v in report["bitmaps"])
+    return report
+
+
+@settings(max_examples=100, deadline=None)
+@given(chain=chains(), data=st.data())
+def test_well_formed_qemu_img(chain: dict[str, Any], data: st.DataObject) -> None:
+    value = qemu_img_value(chain, data.draw)
+    run = kbrules("check", "-", "--format", "json", stdin=json.dumps(value).encode())
+    report = check_report(run, chain, transient_ok=True)  # qcow2 bitmaps are persistent
+    assert [l["filename"] for l in report["chain"]] == [
+        f"/var/lib/images/layer{i}.qcow2" for i in range(len(chain["layers"]))]
+
+
+@settings(max_examples=100, deadline=None)
+@given(chain=chains(), other=st.none() | chains(), data=st.data())
+def test_well_formed_qmp(chain: dict[str, Any], other: Optional[dict[str, Any]],
+                         data: st.DataObject) -> None:
+    nodes = qmp_disk(chain, "vda")
+    if other is not None:  # a second, independent disk in the same reply
+        nodes += qmp_disk(other, "vdb")
+    nodes = data.draw(st.permutations(nodes))  # QEMU's order is not the chain's
+    value: Any = {"return": nodes} if data.draw(st.booleans()) else nodes
+    top = ("--top", "vda-0-format") if other is not None or data.draw(st.booleans()) else ()
+    run = kbrules("check", "-", "--format", "json", *top, stdin=json.dumps(value).encode())
+    report = check_report(run, chain, transient_ok=False)
+    assert [l["node"] for l in report["chain"]] == [
+        f"vda-{i}-format" for i in range(len(chain["layers"]))]
+
+
+@settings(max_examples=50, deadline=None)
+@given(chain=chains(), other=chains())
+def test_two_disks_without_top_name_both(chain: dict[str, Any], other: dict[str, Any]) -> None:
+    nodes = qmp_disk(chain, "vda") + qmp_disk(other, "vdb")
+    run = kbrules("check", "-", "--format", "json", stdin=json.dumps(nodes).encode())
+    assert check_outcome(run) is None
+    assert "vda-0-format (/var/lib/images/vda0.qcow2)" in run.err
+    assert "vdb-0-format (/var/lib/images/vdb0.qcow2)" in run.err
+
+
+@settings(max_examples=60, deadline=None)
+@given(chain=chains(), names=st.lists(NAMES | st.text(min_size=1, max_size=10), min_size=1,
+                                      max_size=3))
+def test_requested_bitmaps_are_reported_in_order(chain: dict[str, Any], names: list[str]) -> None:
+    """--bitmap NAME: exactly the names asked for, in the order asked, present or not."""
+    value = qmp_disk(chain, "vda")
+    argv = [f"--bitmap={n}" for n in names]  # = : a name may start with '-'
+    run = kbrules("check", "-", "--format", "json", *argv, stdin=json.dumps(value).encode())
+    report = check_outcome(run)
+    assert report is not None, run.err
+    assert [v["name"] for v in report["bitmaps"]] == list(dict.fromkeys(names))
+    expected = oracle(chain["layers"], not chain["incomplete"], transient_ok=False)
+    for v in report["bitmaps"]:
+        assert v["valid"] is expected.get(v["name"], False), (v, expected)
+
+
+# ------------------------------------- 3. well-formed input, broken in one place
+
+
+def paths(value: Any, here: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """Every position in a JSON value (the root is ())."""
+    yield here
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from paths(v, here + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from paths(v, here + (i,))
+
+
+def replace_at(value: Any, path: tuple[Any, ...], new: Any, delete: bool) -> Any:
+    if not path:
+        return new
+    parent = value
+    for key in path[:-1]:
+        parent = parent[key]
+    if delete:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = new
+    return value
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chain=chains(), qmp=st.booleans(), data=st.data())
+def test_well_formed_broken_in_one_place(chain: dict[str, Any], qmp: bool, data: st.DataObject) -> None:
+    """Real-looking input with one value replaced by any JSON value, or one key or item
+    deleted: a report or one line, as always. Finds what random JSON rarely reaches."""
+    value: Any = qmp_disk(chain, "vda") if qmp else qemu_img_value(chain, data.draw)
+    if qmp and data.draw(st.booleans()):
+        value = {"return": value}
+    path = data.draw(st.sampled_from(list(paths(value))))
+    delete = bool(path) and data.draw(st.booleans())
+    old: Any = value
+    for key in path:
+        old = old[key]
+    # Half the time a value of the same kind: a string stays a string (odd characters).
+    same = {str: text, bool: st.booleans(), int: st.integers(), float: st.floats()}.get(type(old))
+    new = None if delete else data.draw((same | json_values) if same is not None else json_values)
+    value = replace_at(value, path, new, delete)
+    how = data.draw(st.sampled_from(["ascii", "utf-8"]))
+    check_outcome(kbrules("check", "-", "--format", "json", stdin=encode(value, how)))
