@@ -3,27 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn, Optional, Sequence
+from typing import Any, NoReturn, Optional, Sequence, Union
 
-from . import __version__
+from . import __version__, jqbackend
 from .errors import InputError, KbrulesError, UsageError
 from .evaluate import evaluate
 from .model import Chain
 from .normalize import normalize, parse_json
 from .qemu import read_image
-from .report import to_json, to_text
-from .rules import load_all
+from .report import show, to_dict, to_text
+from .rules import Rule, load_all
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 QCOW2_MAGIC = b"QFI\xfb"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 DESCRIPTION = """\
 Is this qcow2 backing chain fit for an incremental backup from bitmap X? kbrules
 checks the chain against the rules of libvirt's incremental-backup article (libvirt
 6.5 and later) and says which rule failed, in which layer, and what to do next."""
+
+EXIT_STATUS = """\
+exit status: 0 no error finding, 1 at least one error finding (a bitmap is not
+valid), 2 the input, the command line or qemu-img failed."""
 
 CHECK_EPILOG = """\
 input (detected automatically):
@@ -36,21 +42,35 @@ examples:
   qemu-img info --output=json --backing-chain top.qcow2 | kbrules check - --format json
   virsh qemu-monitor-command vm1 '{"execute":"query-named-block-nodes",
       "arguments":{"flat":true}}' | kbrules check - --top libvirt-1-format
+  kbrules check top.qcow2 --bitmap=-odd-name     (a name starting with '-')
 
-exit status: 0 no error finding, 1 at least one error finding (a bitmap is not
-valid), 2 the input, the command line or qemu-img failed."""
+""" + EXIT_STATUS
+
+
+JQ_EPILOG = """\
+examples:
+  kbrules jq > rules.jq
+  qemu-img info --output=json --backing-chain top.qcow2 | jq -f rules.jq
+  jq -f rules.jq chain.json --args daily weekly      (only these bitmaps)
+  jq -f rules.jq qmp.json --arg top libvirt-1-format (QMP data of several disks)
+
+Put the input file before --args: every word after it is a bitmap name.
+rules/*.jq in the source tree are these programs, generated per rules file."""
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, not argparse's usage block.
+        if "--bitmap" in message and "expected one argument" in message:
+            message += " (for a name starting with '-', write --bitmap=NAME)"
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def _parser() -> argparse.ArgumentParser:
     top = _Parser(prog="kbrules", description=DESCRIPTION,
                   formatter_class=argparse.RawDescriptionHelpFormatter,
-                  epilog="Run 'kbrules check --help' for the checker's options.")
+                  epilog="commands:\n  kbrules check --help    the checker's inputs and options\n"
+                         "  kbrules jq --help       the same checks as a jq program\n\n" + EXIT_STATUS)
     top.add_argument("--version", action="version", version=f"kbrules {__version__}")
     sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     check = sub.add_parser(
@@ -72,20 +92,33 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--image-format", "-f", metavar="FMT",
                        help="format of the image PATH (qemu-img -f); also forces PATH to be "
                             "read as an image")
+    check.add_argument("--engine", choices=("python", "jq"), default="python",
+                       help="evaluate with the Python engine (default) or run the compiled jq "
+                            "program through libjq; both give the same report")
+    jq = sub.add_parser(
+        "jq", help="print the rules as one jq program", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Print a self-contained jq program that reads the same input as kbrules "
+                    "check and prints the same JSON report as kbrules check --format json.",
+        epilog=JQ_EPILOG)
+    jq.add_argument("--rules", nargs="+", metavar="FILE|ID",
+                    help="only these rules: rule files (.yaml), or rule ids; default: every rule")
     return top
 
 
 def _is_json_file(path: Path) -> bool:
     """A JSON file, not a disk image: qcow2 images start with a magic number, and raw
     images with NUL bytes, which JSON text never holds."""
-    if path.suffix.lower() == ".json":
-        return True
     with path.open("rb") as f:
         head = f.read(4096)
-    return not head.startswith(QCOW2_MAGIC) and b"\0" not in head
+    if head.startswith(QCOW2_MAGIC):
+        return False
+    if path.suffix.lower() == ".json" or head.startswith(UTF16_BOMS):  # text saved as UTF-16 (Windows tools): not an image
+        return True
+    return b"\0" not in head
 
 
-def _read_chain(args: argparse.Namespace) -> tuple[Chain, list[str]]:
+def _read_chain(args: argparse.Namespace) -> tuple[Any, Chain, list[str]]:
+    """(the JSON value, from the input or from qemu-img; the chain; qemu-img's warnings)."""
     source = args.input
     if source is None:
         if sys.stdin.isatty():
@@ -95,44 +128,100 @@ def _read_chain(args: argparse.Namespace) -> tuple[Chain, list[str]]:
     if source == "-":
         if args.image_format:
             raise UsageError("--image-format needs an image path, not -")
-        return normalize(parse_json(sys.stdin.buffer.read(), "<stdin>"), "<stdin>", args.top), []
-    path = Path(source)
-    try:
-        if path.is_dir():
-            raise InputError(f"{source}: is a directory; expected a disk image or a JSON file")
-        if not path.exists():
-            raise InputError(f"{source}: no such file")
-        if args.image_format or not _is_json_file(path):
-            if args.top:
-                raise UsageError("--top applies to QMP input, not to an image")
-            return read_image(source, args.image_format, args.force_share)
-        data = path.read_bytes()
-    except PermissionError:
-        raise InputError(f"{source}: permission denied") from None
-    except OSError as e:
-        raise InputError(f"{source}: cannot read: {e.strerror or e}") from None
-    return normalize(parse_json(data, source), source, args.top), []
+        source, data = "<stdin>", sys.stdin.buffer.read()
+    else:
+        path = Path(source)
+        try:
+            if path.is_dir():
+                raise InputError(f"{source}: is a directory; expected a disk image or a JSON file")
+            if not path.exists():
+                raise InputError(f"{source}: no such file")
+            if args.image_format or not _is_json_file(path):
+                if args.top:
+                    raise UsageError("--top applies to QMP input, not to an image")
+                return read_image(source, args.image_format, args.force_share)
+            data = path.read_bytes()
+        except PermissionError:
+            raise InputError(f"{source}: permission denied") from None
+        except OSError as e:
+            raise InputError(f"{source}: cannot read: {e.strerror or e}") from None
+    value = parse_json(data, source)
+    return value, normalize(value, source, args.top), []
 
 
 def check(args: argparse.Namespace) -> int:
     rules = load_all()
-    chain, warnings = _read_chain(args)
-    for warning in warnings:
-        print(f"kbrules: qemu-img: {warning}", file=sys.stderr)
+    if args.engine == "jq":
+        return _check_jq(args, rules)
+    _, chain, warnings = _read_chain(args)
+    _warn(warnings)
     report = evaluate(chain, rules, args.bitmaps)
-    print(to_json(report) if args.format == "json" else to_text(report))
+    _print(to_dict(report) if args.format == "json" else to_text(report))
     return EXIT_FINDINGS if report.has_error else EXIT_OK
+
+
+def _check_jq(args: argparse.Namespace, rules: list[Rule]) -> int:
+    """The same check through the compiled jq program (libjq). It reads JSON only, and
+    prints JSON: the text report is drawn from the Python model."""
+    if args.format != "json":
+        raise UsageError("--engine jq prints the JSON report: add --format json")
+    if args.force_share:
+        raise UsageError("--force-share needs the Python engine: jq cannot probe which layers are held")
+    # The input is read and normalized as for the Python engine, so that bad input gets
+    # the same one-line error; the report itself comes from jq.
+    value, _, warnings = _read_chain(args)
+    _warn(warnings)
+    report = jqbackend.run(jqbackend.binding(rules), value, args.bitmaps, args.top)
+    _print(report)
+    errors = [f for b in report["bitmaps"] for f in b["findings"]] + report["findings"]
+    return EXIT_FINDINGS if any(f["severity"] == "error" for f in errors) else EXIT_OK
+
+
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"kbrules: qemu-img said: {show(warning.removeprefix('qemu-img: '))}", file=sys.stderr)
+
+
+def _print(report: Union[dict[str, Any], str]) -> None:
+    """The report on stdout, whatever stdout can encode: JSON falls back to \\u escapes,
+    text to backslash escapes, so that exit 1 never means "could not print"."""
+    utf8 = (sys.stdout.encoding or "").lower().replace("-", "") == "utf8"
+    if isinstance(report, dict):
+        print(json.dumps(report, indent=2, ensure_ascii=not utf8))
+        return
+    if not utf8 and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
+    print(report)
+
+
+def jq_program(args: argparse.Namespace) -> int:
+    rules = load_all()
+    if args.rules:
+        files = [Path(r) for r in args.rules if r.endswith((".yaml", ".yml"))]
+        ids = [r for r in args.rules if not r.endswith((".yaml", ".yml"))]
+        chosen = load_all(files) if files else []
+        known = {r.id: r for r in rules}
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise UsageError(f"unknown rule id {unknown[0]!r} (known: {', '.join(known)})")
+        chosen += [known[i] for i in ids if i not in {r.id for r in chosen}]
+        if len(files) == 1 and not ids:
+            _print(jqbackend.program_for_file(files[0]).rstrip("\n"))
+            return EXIT_OK
+        rules = chosen
+    _print(jqbackend.compile_program(rules).rstrip("\n"))
+    return EXIT_OK
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = _parser().parse_args(argv)
         if args.command is None:
-            _parser().print_help()
-            return EXIT_ERROR
-        return check(args)
+            raise UsageError("no command given: try kbrules check PATH (see kbrules --help)")
+        return jq_program(args) if args.command == "jq" else check(args)
     except KbrulesError as e:
-        print(f"kbrules: {e}", file=sys.stderr)
+        # One line whatever the input held: control characters in paths or names are escaped.
+        print(f"kbrules: {show(str(e))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

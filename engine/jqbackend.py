@@ -11,11 +11,12 @@ $ARGS.named.top.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from . import ops
 from .normalize import FORMAT_DRIVERS
-from .rules import SH_ESCAPED, Rule, Template
+from .rules import SH_ESCAPED, Rule, Template, load
 from .subjects import FACTS
 
 # Normalization and subjects, in jq. Kept in the subset that jq 1.6, gojq and libjq 1.8
@@ -75,9 +76,9 @@ def kb_chain($top):
   if type == "object" and (.error | type) == "object" then
     kb_fail("QMP error reply: " + (.error.class // "Error") + ": " + (.error.desc // "(no description)"))
   elif type == "object" and has("return") then .return | kb_qmp($top)
-  elif type == "object" then kb_qemu_img
   elif type == "array" and length > 0 and all(.[]; type == "object" and has("node-name")) then kb_qmp($top)
-  elif type == "array" and length > 0 then kb_qemu_img
+  elif $top != null then kb_fail("--top picks a node of QMP data; this is qemu-img info output")
+  elif type == "object" or (type == "array" and length > 0) then kb_qemu_img
   else kb_fail("not qemu-img info or QMP query-named-block-nodes JSON") end;
 
 # The names being checked: the requested ones (first occurrence), else every name, sorted.
@@ -196,3 +197,9 @@ def header(rules: Sequence[Rule], source: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def program_for_file(path: Path) -> str:
+    """The committed rules/<article>.jq for rules/<article>.yaml."""
+    rules = load(path)
+    return compile_program(rules, header=header(rules, f"rules/{path.name}"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Any, Optional
 
 from .errors import InputError, ToolError
 from .model import Chain
@@ -49,9 +49,9 @@ def _info_argv(path: str, image_format: Optional[str], force_share: bool, chain:
 
 
 def read_image(path: str, image_format: Optional[str] = None,
-               force_share: bool = False) -> tuple[Chain, list[str]]:
-    """The chain of an image on disk, and qemu-img's warnings (stderr of a run that
-    succeeded)."""
+               force_share: bool = False) -> tuple[Any, Chain, list[str]]:
+    """qemu-img's JSON for an image on disk, its chain, and qemu-img's warnings (stderr
+    of a run that succeeded)."""
     ran = _run(_info_argv(path, image_format, force_share, chain=True))
     if ran.returncode != 0:
         if LOCKED in ran.stderr:
@@ -68,7 +68,7 @@ def read_image(path: str, image_format: Optional[str] = None,
     if force_share:
         chain = replace(chain, layers=tuple(
             replace(l, shared_rw=_held_rw(l.filename, l.format)) for l in chain.layers))
-    return chain, warnings
+    return value, chain, warnings
 
 
 def _held_rw(filename: str, fmt: str) -> bool:

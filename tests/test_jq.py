@@ -137,3 +137,23 @@ def test_generated_chains_agree(program_file: Path) -> None:
              or (c[1] is None and c[2] is not None)][:60]
     assert len(plain) >= 200
     assert_all_agree(plain + other, program_file)
+
+
+@pytest.mark.parametrize("yaml_file", sorted((ROOT / "rules").glob("*.yaml")), ids=lambda p: p.name)
+def test_committed_filter_is_fresh(yaml_file: Path) -> None:
+    committed = yaml_file.with_suffix(".jq")
+    assert committed.exists(), f"{committed} is missing: run kbrules jq --rules {yaml_file} > {committed}"
+    assert committed.read_text() == jqbackend.program_for_file(yaml_file), (
+        f"{committed} is stale: regenerate it with kbrules jq --rules rules/{yaml_file.name}")
+
+
+@pytest.mark.parametrize("cli", CLIS)
+def test_committed_filter_runs_as_documented(cli: str) -> None:
+    # The header's own first usage line, run as a shell user would.
+    committed = ROOT / "rules" / "incremental-backup.jq"
+    example = ROOT / "docs" / "examples" / "broken-chain.json"
+    done = subprocess.run([cli, "-f", str(committed), str(example), "--args", "daily", "old"],
+                          capture_output=True, text=True, check=True)
+    report = json.loads(done.stdout)
+    assert [(b["name"], b["valid"]) for b in report["bitmaps"]] == [("daily", True), ("old", False)]
+    assert report == python_report(json.loads(example.read_text()), ["daily", "old"], None)

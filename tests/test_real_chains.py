@@ -268,8 +268,6 @@ def test_text_escapes_control_characters(tmp_path: Path, monkeypatch: pytest.Mon
     assert not [c for c in run.out if unicodedata.category(c) == "Cc" and c != "\n"]
 
 
-@pytest.mark.xfail(strict=True, reason="engine/cli.py prints in the locale's encoding: a name "
-                                       "it cannot encode ends in a traceback with exit 1")
 @pytest.mark.parametrize("fmt", ["json", "text"])
 def test_stdout_that_is_not_utf8(fmt: str, chains: Callable[[str], list[Path]]) -> None:
     # As the console script runs on a terminal whose locale is not UTF-8. Exit 1
