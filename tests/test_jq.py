@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import jq as libjq
 import pytest
 from hypothesis import HealthCheck, given, settings
 
@@ -17,7 +18,7 @@ from engine.evaluate import evaluate
 from engine.normalize import normalize
 from engine.report import to_dict
 from engine.rules import load_all
-from helpers import FIXTURES, LIBVIRT
+from helpers import FIXTURES, LIBVIRT, kbrules, make_chain
 from jqcases import case
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,3 +158,52 @@ def test_committed_filter_runs_as_documented(cli: str) -> None:
     report = json.loads(done.stdout)
     assert [(b["name"], b["valid"]) for b in report["bitmaps"]] == [("daily", True), ("old", False)]
     assert report == python_report(json.loads(example.read_text()), ["daily", "old"], None)
+
+
+def test_kbrules_jq_is_the_program_for_all_rules(tmp_path: Path) -> None:
+    run = kbrules("jq")
+    assert run.code == 0 and run.err == ""
+    assert run.out == PROGRAM.rstrip("\n") + "\n"
+    # The contract, as a shell user runs it: jq -f <(kbrules jq) X --args NAME...
+    program = tmp_path / "all.jq"
+    program.write_text(run.out)
+    example = ROOT / "docs" / "examples" / "broken-chain.json"
+    for cli in CLIS:
+        done = subprocess.run([cli, "-f", str(program), str(example), "--args", "weekly", "weekly", "nope"],
+                              capture_output=True, text=True, check=True)
+        assert json.loads(done.stdout) == kbrules("check", "--format", "json", "--bitmap", "weekly",
+                                                  "--bitmap", "nope", str(example)).json()
+
+
+def test_kbrules_jq_narrows_to_rules_by_id_or_file() -> None:
+    one = kbrules("jq", "--rules", "bitmap-recording", "bitmap-in-top")
+    assert one.code == 0
+    value = json.loads((ROOT / "docs" / "examples" / "broken-chain.json").read_text())
+    report = libjq.compile(one.out, args={"ARGS": {"positional": [], "named": {}}}).input_value(value).first()
+    assert report["rules"] == ["bitmap-recording", "bitmap-in-top"]
+    assert {f["rule"] for b in report["bitmaps"] for f in b["findings"]} == {"bitmap-recording", "bitmap-in-top"}
+    by_file = kbrules("jq", "--rules", str(ROOT / "rules" / "incremental-backup.yaml"))
+    assert by_file.out == (ROOT / "rules" / "incremental-backup.jq").read_text()
+    bad = kbrules("jq", "--rules", "no-such-rule")
+    assert bad.code == 2 and bad.out == "" and "unknown rule id 'no-such-rule'" in bad.err
+
+
+@pytest.mark.parametrize("value, names, top", _fixture_cases()[:40])
+def test_check_engine_jq_gives_the_same_report(value: Any, names: Any, top: Any, tmp_path: Path) -> None:
+    path = tmp_path / "input.json"
+    path.write_text(json.dumps(value))
+    args = ["check", str(path), "--format", "json"] + [f"--bitmap={n}" for n in names or []] + \
+        (["--top", top] if top else [])
+    by_python, by_jq = kbrules(*args), kbrules(*args, "--engine", "jq")
+    assert (by_jq.code, by_jq.json()) == (by_python.code, by_python.json())
+
+
+def test_check_engine_jq_on_an_image_and_its_limits(tmp_path: Path) -> None:
+    top = make_chain(tmp_path, [{"a": "ok", "b": "disabled"}, {"a": "ok"}])[0]
+    by_jq = kbrules("check", str(top), "--format", "json", "--engine", "jq")
+    assert by_jq.code == 1
+    assert by_jq.json() == kbrules("check", str(top), "--format", "json").json()
+    for extra, needle in ((["--format", "text"], "add --format json"),
+                          (["--format", "json", "--force-share"], "needs the Python engine")):
+        run = kbrules("check", str(top), "--engine", "jq", *extra)
+        assert run.code == 2 and run.out == "" and needle in run.err
