@@ -15,7 +15,8 @@ from .evaluate import evaluate
 from .model import Chain
 from .normalize import normalize, parse_json
 from .qemu import read_image
-from .report import show, to_dict, to_text
+from .examples import ENGINES, check_example, load_checked
+from .report import explanation, show, table, to_dict, to_text
 from .rules import Rule, load_all
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
@@ -95,14 +96,35 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--engine", choices=("python", "jq"), default="python",
                        help="evaluate with the Python engine (default) or run the compiled jq "
                             "program through libjq; both give the same report")
+    _rule_options(check)
     jq = sub.add_parser(
         "jq", help="print the rules as one jq program", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Print a self-contained jq program that reads the same input as kbrules "
                     "check and prints the same JSON report as kbrules check --format json.",
         epilog=JQ_EPILOG)
-    jq.add_argument("--rules", nargs="+", metavar="FILE|ID",
-                    help="only these rules: rule files (.yaml), or rule ids; default: every rule")
+    _rule_options(jq)
+    test = sub.add_parser(
+        "test", help="run every rule's own examples in both engines",
+        description="Run each rule's pass and fail examples through the Python engine and the "
+                    "jq program (libjq), like conftest verify. Exit 0 when all pass, 1 otherwise.")
+    test.add_argument("files", nargs="*", metavar="RULES.yaml",
+                      help="rule files to test (default: every shipped rules file)")
+    listing = sub.add_parser("list", help="list the rules: id, severity, title, article")
+    _rule_options(listing)
+    explain = sub.add_parser("explain", help="a rule's statement, remediation and examples")
+    explain.add_argument("rule", metavar="ID", help="a rule id (see kbrules list)")
+    explain.add_argument("--rules", action="append", type=Path, metavar="FILE",
+                         help="look in this rules file (repeatable; default: every shipped file)")
     return top
+
+
+def _rule_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rules", action="append", type=Path, metavar="FILE",
+                        help="use this rules file (repeatable; default: every shipped file)")
+    parser.add_argument("--select", nargs="+", metavar="ID", default=[],
+                        help="only these rules")
+    parser.add_argument("--ignore", nargs="+", metavar="ID", default=[],
+                        help="all rules but these")
 
 
 def _is_json_file(path: Path) -> bool:
@@ -149,8 +171,22 @@ def _read_chain(args: argparse.Namespace) -> tuple[Any, Chain, list[str]]:
     return value, normalize(value, source, args.top), []
 
 
+def _rules(args: argparse.Namespace) -> list[Rule]:
+    """The rules a command runs: --rules files (or all), narrowed by --select/--ignore."""
+    rules = load_checked(args.rules)
+    known = [r.id for r in rules]
+    for option, ids in (("--select", args.select), ("--ignore", args.ignore)):
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise UsageError(f"{option}: unknown rule id {unknown[0]!r} (known: {', '.join(known)})")
+    chosen = [r for r in rules if (not args.select or r.id in args.select) and r.id not in args.ignore]
+    if not chosen:
+        raise UsageError("no rule left to run after --select/--ignore")
+    return chosen
+
+
 def check(args: argparse.Namespace) -> int:
-    rules = load_all()
+    rules = _rules(args)
     if args.engine == "jq":
         return _check_jq(args, rules)
     _, chain, warnings = _read_chain(args)
@@ -195,22 +231,54 @@ def _print(report: Union[dict[str, Any], str]) -> None:
 
 
 def jq_program(args: argparse.Namespace) -> int:
-    rules = load_all()
-    if args.rules:
-        files = [Path(r) for r in args.rules if r.endswith((".yaml", ".yml"))]
-        ids = [r for r in args.rules if not r.endswith((".yaml", ".yml"))]
-        chosen = load_all(files) if files else []
-        known = {r.id: r for r in rules}
-        unknown = [i for i in ids if i not in known]
-        if unknown:
-            raise UsageError(f"unknown rule id {unknown[0]!r} (known: {', '.join(known)})")
-        chosen += [known[i] for i in ids if i not in {r.id for r in chosen}]
-        if len(files) == 1 and not ids:
-            _print(jqbackend.program_for_file(files[0]).rstrip("\n"))
-            return EXIT_OK
-        rules = chosen
-    _print(jqbackend.compile_program(rules).rstrip("\n"))
+    rules = _rules(args)
+    if args.rules and len(args.rules) == 1 and not (args.select or args.ignore):
+        # Exactly the committed rules/<article>.jq, header included.
+        _print(jqbackend.program_for_file(args.rules[0]).rstrip("\n"))
+    else:
+        _print(jqbackend.compile_program(rules).rstrip("\n"))
     return EXIT_OK
+
+
+def test_rules(args: argparse.Namespace) -> int:
+    """kbrules test: every example of every rule, in both engines."""
+    rules = load_all(args.files or None)
+    runs = failed = 0
+    source = None
+    for rule in rules:
+        if rule.source != source:
+            source = rule.source
+            print(source)
+        problems = [p for n, e in enumerate(rule.examples, 1) for engine in ENGINES
+                    if (p := check_example(rule, e, n, engine))]
+        runs += len(rule.examples) * len(ENGINES)
+        failed += len(problems)
+        print(f"  {'FAIL' if problems else 'ok  '}  {rule.id}  "
+              f"({len(rule.examples)} examples x {', '.join(ENGINES)})")
+        for problem in problems:
+            print(f"        {show(problem)}")
+    print(f"{len(rules)} rules, {runs} runs: {runs - failed} passed, {failed} failed")
+    return EXIT_FINDINGS if failed else EXIT_OK
+
+
+def list_rules(args: argparse.Namespace) -> int:
+    rows = [["ID", "SEVERITY", "TITLE", "ARTICLE"]] + [
+        [r.id, r.severity, r.title, f"docs/kbase/{r.article}.rst"] for r in _rules(args)]
+    _print("\n".join(table(rows)))
+    return EXIT_OK
+
+
+def explain(args: argparse.Namespace) -> int:
+    rules = {r.id: r for r in load_checked(args.rules)}
+    rule = rules.get(args.rule)
+    if rule is None:
+        raise UsageError(f"unknown rule id {args.rule!r} (known: {', '.join(rules)})")
+    _print(explanation(rule))
+    return EXIT_OK
+
+
+COMMANDS = {"check": check, "jq": jq_program, "test": test_rules, "list": list_rules,
+            "explain": explain}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -218,7 +286,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = _parser().parse_args(argv)
         if args.command is None:
             raise UsageError("no command given: try kbrules check PATH (see kbrules --help)")
-        return jq_program(args) if args.command == "jq" else check(args)
+        return COMMANDS[args.command](args)
     except KbrulesError as e:
         # One line whatever the input held: control characters in paths or names are escaped.
         print(f"kbrules: {show(str(e))}", file=sys.stderr)

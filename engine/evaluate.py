@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence
 from . import subjects
 from .model import Chain, Finding, Report, Verdict
 from .ops import truthy
-from .rules import Rule
+from .rules import SEVERITIES, Rule
 
 SHARED_RW_CAVEAT = ("this layer was read with --force-share while a program may have it open "
                     "read-write: its in-use flags say nothing about the bitmaps' health; "
@@ -37,8 +37,8 @@ def evaluate(chain: Chain, rules: Sequence[Rule], bitmaps: Optional[Sequence[str
                 (per_name[facts["name"]] if "name" in facts else chain_level).append(finding)
 
     def ordered(found: list[Finding]) -> tuple[Finding, ...]:
-        # Rule order first, so the first finding is the most basic failing rule.
-        return tuple(sorted(found, key=lambda f: (order[f.rule], f.layer)))
+        # Errors first, then rule order: the first finding is the most basic failing rule.
+        return tuple(sorted(found, key=lambda f: (SEVERITIES.index(f.severity), order[f.rule], f.layer)))
 
     verdicts = tuple(
         Verdict(name, not any(f.severity == "error" for f in found), ordered(found))

@@ -1,29 +1,68 @@
-"""Each rule's own pass and fail examples, run as its tests."""
+"""Each rule's own pass and fail examples, run as its tests, by either engine."""
 
 from __future__ import annotations
 
-from typing import Optional
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
-from .errors import KbrulesError
+from .errors import KbrulesError, RulesError
 from .evaluate import evaluate
 from .normalize import normalize
-from .rules import Example, Rule
+from .report import to_dict
+from .rules import Example, Rule, load_all
+
+ENGINES = ("python", "jq")
 
 
-def check_example(rule: Rule, example: Example, number: int) -> Optional[str]:
+def where(rule: Rule, example: Example, number: int) -> str:
+    line = f":{example.line}" if example.line else ""
+    return f"{rule.source}{line}: rule {rule.id}: example #{number} ({example.expect})"
+
+
+def report_of(rule: Rule, example: Example, engine: str) -> dict[str, Any]:
+    """The JSON report of one example with only its own rule, from either engine."""
+    if engine == "jq":
+        from . import jqbackend  # the binding is needed only here
+
+        return jqbackend.run(jqbackend.binding([rule]), example.input, example.bitmaps or None)
+    chain = normalize(example.input, f"{rule.source}: rule {rule.id}")
+    return to_dict(evaluate(chain, [rule], example.bitmaps or None))
+
+
+def check_example(rule: Rule, example: Example, number: int, engine: str = "python") -> Optional[str]:
     """None when the example behaves as it says, else what went wrong."""
-    where = f"{rule.source}: rule {rule.id}: example #{number}"
+    here = where(rule, example, number)
     try:
-        chain = normalize(example.input, where)
+        report = report_of(rule, example, engine)
     except KbrulesError as e:
-        return f"{where}: input rejected: {e}"
-    report = evaluate(chain, [rule], example.bitmaps or None)
-    layers = sorted(f.layer for v in report.bitmaps for f in v.findings + report.findings
-                    if f.rule == rule.id)
+        return f"{here}: input rejected: {e}"
+    except Exception as e:  # the jq binding raises ValueError for a jq error
+        return f"{here}: {engine} failed: {e}"
+    found = [f for b in report["bitmaps"] for f in b["findings"]] + report["findings"]
+    layers = sorted(f["layer"] for f in found if f["rule"] == rule.id)
     if example.expect == "pass" and layers:
-        return f"{where}: expected no finding, got findings at layers {layers}"
+        return f"{here}: expected no finding, got findings at layers {layers} ({engine})"
     if example.expect == "fail" and not layers:
-        return f"{where}: expected a finding, got none"
+        return f"{here}: expected a finding, got none ({engine})"
     if example.expect == "fail" and example.layers is not None and layers != sorted(example.layers):
-        return f"{where}: expected findings at layers {sorted(example.layers)}, got {layers}"
+        return f"{here}: expected findings at layers {sorted(example.layers)}, got {layers} ({engine})"
     return None
+
+
+def load_checked(paths: Optional[Sequence[Path]] = None) -> list[Rule]:
+    """The rules, after each one's examples passed in the Python engine: a rule whose
+    own examples fail is a broken rules file."""
+    rules = load_all(paths)
+    for rule in rules:
+        if id(rule) not in _CHECKED:
+            for number, example in enumerate(rule.examples, 1):
+                problem = check_example(rule, example, number)
+                if problem:
+                    raise RulesError(problem)
+            _CHECKED.add(id(rule))
+    return rules
+
+
+# Rules already checked, by identity: loaded Rule objects live in rules._LOADED for the
+# whole process, and a changed file gives new ones.
+_CHECKED: set[int] = set()

@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 
 from . import ops
 from .normalize import FORMAT_DRIVERS
-from .rules import SH_ESCAPED, Rule, Template, load
+from .rules import SEVERITIES, SH_ESCAPED, Rule, Template, load
 from .subjects import FACTS
 
 # Normalization and subjects, in jq. Kept in the subset that jq 1.6, gojq and libjq 1.8
@@ -25,28 +25,35 @@ PRELUDE = r"""
 def kb_fail($m): error("kbrules: " + $m);
 def kb_truthy: . != null and . != false;
 
+# Layer facts of an ImageInfo object (qemu-img info, or .image of a QMP node).
+def kb_image:
+  ((.["format-specific"] // {}) | if .type == "qcow2" then (.data // {}) else null end) as $q
+  | { backing: (.["full-backing-filename"] // .["backing-filename"]),
+      backing_recorded: .["backing-filename"],
+      backing_format: .["backing-filename-format"],
+      dirty: (.["dirty-flag"] == true),
+      compat: ($q | if . != null then .compat else null end),
+      corrupt: ($q | if . != null then .corrupt else null end) };
+
 # qemu-img info --output=json: one image (maybe with nested backing-image) or an array.
 def kb_qemu_img:
   (if type == "object" then [recurse(.["backing-image"] // empty)] else . end)
   | [ to_entries[] | .key as $i | .value
       | ((.["format-specific"] // {}) | if .type == "qcow2" then (.data // {}) else null end) as $q
       | { layer: $i, filename: .filename, format: .format, node: null,
-          compat: ($q | if . != null and (.compat | type) == "string" then .compat else null end),
-          backing: (.["full-backing-filename"] // .["backing-filename"]),
           bitmaps: [ ($q // {}) | (.bitmaps // [])[] | (.flags // []) as $f
                      | { name: .name, recording: any($f[]; . == "auto"),
                          inconsistent: any($f[]; . == "in-use"), persistent: true,
-                         busy: false, granularity: .granularity } ] } ]
+                         busy: false, granularity: .granularity } ] } + kb_image ]
   | { source: "qemu-img", layers: ., complete: (.[-1].backing == null) };
 
 # QMP query-named-block-nodes: rebuild the chain from backing file names.
 def kb_qmp($top):
   (FORMAT_DRIVERS | map({(.): true}) | add) as $isfmt
-  | [ .[] | select($isfmt[.drv] == true)
-      | . + { kb_backing: ((.image // {}) | .["full-backing-filename"] // .["backing-filename"]) } ] as $fmts
+  | [ .[] | select($isfmt[.drv] == true) | . + { kb: ((.image // {}) | kb_image) } ] as $fmts
   | if ($fmts | length) == 0 then kb_fail("no format node among the QMP block nodes") else . end
   | (reduce $fmts[] as $n ({}; .[$n.file] = $n)) as $byfile
-  | (reduce ($fmts[].kb_backing | select(. != null)) as $b ({}; .[$b] = true)) as $named
+  | (reduce ($fmts[].kb.backing | select(. != null)) as $b ({}; .[$b] = true)) as $named
   | [ $fmts[] | select($named[.file] | not) ] as $tops
   | (if $top != null then
        ([ $fmts[] | select(.["node-name"] == $top) ] | if length > 0 then .[0]
@@ -55,22 +62,19 @@ def kb_qmp($top):
      elif ($tops | length) == 0 then kb_fail("the backing files form a loop: no top node")
      else kb_fail(($tops | length | tostring) + " disks in this QMP data; pick one with --top NODE: "
                   + ([ $tops[] | .["node-name"] + " (" + .file + ")" ] | join(", "))) end) as $start
-  | [ limit(($fmts | length) + 1; $start | recurse(if .kb_backing != null then ($byfile[.kb_backing] // empty) else empty end)) ]
+  | [ limit(($fmts | length) + 1; $start | recurse(if .kb.backing != null then ($byfile[.kb.backing] // empty) else empty end)) ]
   | if length > ($fmts | length) then kb_fail("backing loop") else . end
   | { source: "qmp",
       layers: [ to_entries[] | .key as $i | .value
         | { layer: $i, filename: .file, format: .drv, node: .["node-name"],
-            compat: ((.image // {}) | .["format-specific"] // {}
-                     | if .type == "qcow2" and (.data.compat | type) == "string" then .data.compat else null end),
-            backing: .kb_backing,
             bitmaps: [ (.["dirty-bitmaps"] // [])[]
               | { name: .name,
                   recording: (if has("recording") or .status == null then .recording == true
                               else .status != "disabled" end),
                   inconsistent: (.inconsistent == true), persistent: (.persistent == true),
                   busy: (.busy == true or .status == "frozen" or .status == "locked"),
-                  granularity: .granularity } ] } ],
-      complete: (.[-1].kb_backing == null) };
+                  granularity: .granularity } ] } + .kb ],
+      complete: (.[-1].kb.backing == null) };
 
 def kb_chain($top):
   if type == "object" and (.error | type) == "object" then
@@ -91,14 +95,24 @@ def kb_names($req):
 def kb_subjects($names):
   . as $chain
   | (reduce .layers[] as $l ({}; reduce $l.bitmaps[] as $b (.; .[$b.name] += [$l.layer]))) as $present
+  | (reduce (.layers[].bitmaps[] | select(.granularity != null)) as $b ({};
+       .[$b.name][$b.granularity | tostring] = true)) as $sizes
   | (reduce $names[] as $n ({}; .[$n] = true)) as $wanted
   | { bitmap: [ $names[] | ($present[.] // []) as $p
                 | { name: ., first_layer: $p[0], copies: ($p | length),
-                    chain_complete: $chain.complete, last_layer: (($chain.layers | length) - 1) } ],
+                    chain_complete: $chain.complete, last_layer: (($chain.layers | length) - 1),
+                    granularities: ($sizes[.] // {} | length) } ],
       copy: (reduce ($chain.layers[] | .layer as $i | .bitmaps[] | select($wanted[.name]) | . + {layer: $i})
                as $b ({above: {}, out: []};
                  .out += [ $b + {copies_above: (.above[$b.name] // 0)} ] | .above[$b.name] += 1)
-             | .out) };
+             | .out),
+      layer: (reduce $chain.layers[] as $l ({total: 0, out: []};
+                .total as $above
+                | .out += [ $l | {layer, format, compat, corrupt, dirty, backing, backing_recorded,
+                                  backing_format, below_format: $chain.layers[$l.layer + 1].format,
+                                  bitmaps: (.bitmaps | length), bitmaps_above: $above} ]
+                | .total += ($l.bitmaps | length))
+              | .out) };
 
 # One finding of a subject (.) at layer $at; facts win over the layer's fields.
 def kb_context($chain; $at):
@@ -116,9 +130,9 @@ def kb_report($args):
 | { source: $chain.source,
     chain: [ $chain.layers[] | {layer, filename, format, node} ],
     rules: RULE_IDS,
-    bitmaps: [ $names[] as $n | ($byname[$n] // [] | sort_by(.ri, .layer) | map(del(.ri, .name))) as $found
+    bitmaps: [ $names[] as $n | ($byname[$n] // [] | sort_by(.si, .ri, .layer) | map(del(.si, .ri, .name))) as $found
                | { name: $n, valid: all($found[]; .severity != "error"), findings: $found } ],
-    findings: [ $F[] | select(.name == null) ] | sort_by(.ri, .layer) | map(del(.ri, .name)) };
+    findings: [ $F[] | select(.name == null) ] | sort_by(.si, .ri, .layer) | map(del(.si, .ri, .name)) };
 """
 # As a jq file: $ARGS holds --arg top NODE and --args NAME... .
 ENTRY_CLI = "\nkb_report($ARGS)\n"
@@ -144,15 +158,15 @@ def template_jq(template: Template) -> str:
 
 
 def rule_jq(rule: Rule, index: int) -> str:
-    """jq text giving every finding of one rule, each tagged with the rule's index
-    (for ordering) and the bitmap name (for grouping; null for chain-level)."""
+    """jq text giving every finding of one rule, each tagged with its severity's and the
+    rule's index (for ordering) and the bitmap name (for grouping; null for chain-level)."""
     name = ".name" if "name" in FACTS[rule.subject] else "null"
     return (f"( $S[{json.dumps(rule.subject)}][] | select({ops.compile_jq(rule.require)} | kb_truthy | not)\n"
             f"    | ({ops.compile_jq(rule.at)}) as $at | kb_context($chain; $at) as $c\n"
             f"    | {{ rule: {json.dumps(rule.id)}, severity: {json.dumps(rule.severity)}, layer: $at,\n"
             f"        filename: $c.filename, message: ($c | {template_jq(rule.message)}),\n"
             f"        remediation: ($c | {template_jq(rule.remediation)}), caveat: null,\n"
-            f"        ri: {index}, name: {name} }} )")
+            f"        si: {SEVERITIES.index(rule.severity)}, ri: {index}, name: {name} }} )")
 
 
 def compile_program(rules: Sequence[Rule], header: str = "", entry: str = ENTRY_CLI) -> str:
@@ -189,7 +203,7 @@ def header(rules: Sequence[Rule], source: str) -> str:
         "#",
         "# Usage (jq 1.6 or later, gojq, or libjq):",
         f"#   qemu-img info --output=json --backing-chain top.qcow2 | jq -f {stem}.jq",
-        f"#   jq -f {stem}.jq chain.json --args NAME...         only these bitmaps",
+        f"#   jq -f {stem}.jq chain.json --args -- NAME...      only these bitmaps",
         f"#   virsh qemu-monitor-command VM '{{\"execute\":\"query-named-block-nodes\",\"arguments\":{{\"flat\":true}}}}' \\",
         f"#     | jq -f {stem}.jq --arg top NODE                 QMP data of several disks",
         "# A bitmap is fit for an incremental backup when its entry says \"valid\": true;",

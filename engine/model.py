@@ -25,8 +25,12 @@ class Layer:
     format: str
     node: Optional[str]  # QMP node-name; None for qemu-img input
     compat: Optional[str]  # qcow2 "1.1" / "0.10"; None for other formats
-    backing: Optional[str]  # backing file name as the image records it
+    backing: Optional[str]  # the backing file, resolved as qemu opens it
     bitmaps: tuple[Bitmap, ...]
+    backing_format: Optional[str] = None  # None: not recorded, qemu probes it
+    backing_recorded: Optional[str] = None  # the name as written in the image (maybe relative)
+    corrupt: Optional[bool] = None  # qcow2 'corrupt' flag; None for other formats
+    dirty: bool = False  # qcow2 dirty flag (unclean shutdown with lazy refcounts)
     # Read with --force-share while another program may hold it read-write:
     # its in-use flags then say nothing about the bitmaps' health.
     shared_rw: bool = False

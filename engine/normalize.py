@@ -182,22 +182,37 @@ def _qemu_img(images: list[tuple[_At, dict[str, Any]]], at: _At, top: Optional[s
         raise InputError(f"{at.where}: --top picks a node of QMP data; this is qemu-img info output")
     layers = []
     for index, (here, image) in enumerate(images):
-        filename = here.get(image, "filename", str, required=True)
-        fmt = here.get(image, "format", str, required=True)
-        backing = _either(here.get(image, "full-backing-filename", str),
-                          here.get(image, "backing-filename", str))
-        compat, bitmaps = None, ()
-        specific = here.get(image, "format-specific", dict)
-        if specific is not None and specific.get("type") == "qcow2":
-            sat = here / "format-specific"
-            data = sat.get(specific, "data", dict) or {}
-            dat = sat / "data"
-            compat = dat.get(data, "compat", str)
+        facts, data = _image(here, image)
+        bitmaps: tuple[Bitmap, ...] = ()
+        if data is not None:
+            dat = here / "format-specific" / "data"
             entries = dat.get(data, "bitmaps", list) or []
             bitmaps = _unique(dat / "bitmaps", [_qemu_img_bitmap(dat / "bitmaps" / i, b)
                                                 for i, b in enumerate(entries)])
-        layers.append(Layer(index, filename, fmt, None, compat, backing, bitmaps))
+        layers.append(Layer(layer=index, filename=here.get(image, "filename", str, required=True),
+                            format=here.get(image, "format", str, required=True), node=None,
+                            bitmaps=bitmaps, **facts))
     return Chain("qemu-img", tuple(layers), complete=layers[-1].backing is None)
+
+
+def _image(here: _At, image: dict[str, Any]) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+    """Layer facts from an ImageInfo object (qemu-img info, or 'image' of a QMP node),
+    and its qcow2 data (None for other formats)."""
+    data = None
+    specific = here.get(image, "format-specific", dict)
+    if specific is not None and specific.get("type") == "qcow2":
+        data = (here / "format-specific").get(specific, "data", dict) or {}
+    dat = here / "format-specific" / "data"
+    facts = {
+        "backing": _either(here.get(image, "full-backing-filename", str),
+                           here.get(image, "backing-filename", str)),
+        "backing_recorded": here.get(image, "backing-filename", str),
+        "backing_format": here.get(image, "backing-filename-format", str),
+        "dirty": bool(here.get(image, "dirty-flag", bool)),
+        "compat": dat.get(data, "compat", str) if data is not None else None,
+        "corrupt": dat.get(data, "corrupt", bool) if data is not None else None,
+    }
+    return facts, data
 
 
 def _qemu_img_bitmap(at: _At, entry: Any) -> Bitmap:
@@ -230,12 +245,9 @@ def _qmp(nodes: list[Any], at: _At, top: Optional[str]) -> Chain:
     if not formats:
         raise at.fail("no format node (drv qcow2, raw, ...) among the QMP block nodes")
 
-    def backing_of(here: _At, node: dict[str, Any]) -> Optional[str]:
-        image = here.get(node, "image", dict) or {}
-        iat = here / "image"
-        return _either(iat.get(image, "full-backing-filename", str), iat.get(image, "backing-filename", str))
-
-    below = {file: backing_of(*entry) for file, entry in formats.items()}
+    facts = {file: _image(here / "image", here.get(node, "image", dict) or {})[0]
+             for file, (here, node) in formats.items()}
+    below = {file: f["backing"] for file, f in facts.items()}
     named = {b for b in below.values() if b is not None}
     tops = [entry for file, entry in formats.items() if file not in named]
     if top is not None:
@@ -259,23 +271,14 @@ def _qmp(nodes: list[Any], at: _At, top: Optional[str]) -> Chain:
             raise at.fail(f"backing loop at {file!r}")
         seen.add(file)
         here, node = formats[file]
-        layers.append(Layer(len(layers), file, node["drv"], node["node-name"],
-                            _qmp_compat(here, node), below[file], _qmp_bitmaps(here, node)))
+        layers.append(Layer(layer=len(layers), filename=file, format=node["drv"],
+                            node=node["node-name"], bitmaps=_qmp_bitmaps(here, node), **facts[file]))
         file = below[file]
     return Chain("qmp", tuple(layers), complete=file is None)
 
 
 def _candidates(entries: list[tuple[_At, dict[str, Any]]]) -> str:
     return ", ".join(f"{show(n['node-name'])} ({show(n['file'])})" for _, n in entries)
-
-
-def _qmp_compat(at: _At, node: dict[str, Any]) -> Optional[str]:
-    image = node.get("image")
-    spec = image.get("format-specific") if isinstance(image, dict) else None
-    if isinstance(spec, dict) and spec.get("type") == "qcow2" and isinstance(spec.get("data"), dict):
-        compat = spec["data"].get("compat")
-        return compat if isinstance(compat, str) else None
-    return None
 
 
 def _qmp_bitmaps(at: _At, node: dict[str, Any]) -> tuple[Bitmap, ...]:

@@ -94,6 +94,9 @@ OPS: dict[str, Op] = {
            lambda a, b: jq_cmp(a, b) > 0, lambda t: f"({t[0]} > {t[1]})"),
         Op("ge", "first >= second", 2,
            lambda a, b: jq_cmp(a, b) >= 0, lambda t: f"({t[0]} >= {t[1]})"),
+        Op("bytes", "the length of a string in UTF-8 bytes (null for other values)", 1,
+           lambda a: len(a.encode("utf-8")) if isinstance(a, str) else None,
+           lambda t: f"({t[0]} | if type == \"string\" then utf8bytelength else null end)"),
     )
 }
 

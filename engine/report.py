@@ -4,11 +4,13 @@ README, 'JSON report'."""
 from __future__ import annotations
 
 import json
+import textwrap
 import unicodedata
 from dataclasses import asdict
 from typing import Any
 
 from .model import Finding, Report
+from .rules import Rule
 
 
 def to_dict(report: Report) -> dict[str, Any]:
@@ -34,7 +36,7 @@ def show(text: str, width: int = 0) -> str:
     return text if not width or len(text) <= width else text[: width - 1] + "…"
 
 
-def _table(rows: list[list[str]]) -> list[str]:
+def table(rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
@@ -52,7 +54,7 @@ def to_text(report: Report) -> str:
     chain = report.chain
     out = [f"chain from {chain.source}, {len(chain.layers)} layer"
            f"{'s' if len(chain.layers) != 1 else ''}, top first:"]
-    out += ["  " + line for line in _table(
+    out += ["  " + line for line in table(
         [["LAYER", "FORMAT", "FILE"]]
         + [[str(l.layer), l.format, show(l.filename)] for l in chain.layers])]
     if not chain.complete:
@@ -69,7 +71,7 @@ def to_text(report: Report) -> str:
             rows.append([show(v.name, 40), "yes" if v.valid else "NO",
                          first.rule if first else "-", str(first.layer) if first else "-",
                          show(first.filename, 60) if first else "-"])
-        out += _table(rows)
+        out += table(rows)
     findings = [(f, f", bitmap '{show(v.name)}'") for v in report.bitmaps for f in v.findings]
     findings += [(f, "") for f in report.findings]
     if findings:
@@ -79,4 +81,19 @@ def to_text(report: Report) -> str:
     valid = sum(v.valid for v in report.bitmaps)
     out += ["", f"{len(report.bitmaps)} bitmap{'s' if len(report.bitmaps) != 1 else ''} checked: "
                 f"{valid} valid, {len(report.bitmaps) - valid} not valid"]
+    return "\n".join(out)
+
+
+def explanation(rule: Rule) -> str:
+    """kbrules explain: everything a person needs to know about one rule."""
+    out = [f"{rule.id} ({rule.severity}): {rule.title}",
+           f"article: docs/kbase/{rule.article}.rst, section \"{rule.id}\"",
+           f"rules file: {rule.source}", "", textwrap.fill(" ".join(rule.statement.split()), 88),
+           "", "checked on: each " + rule.subject + ", requires: " + json.dumps(rule.require),
+           "", "message:     " + rule.message.text, "remediation: " + rule.remediation.text,
+           "", "examples:"]
+    for number, example in enumerate(rule.examples, 1):
+        names = ", ".join(map(repr, example.bitmaps)) or "every bitmap"
+        at = f", findings at layers {list(example.layers)}" if example.layers is not None else ""
+        out.append(f"  #{number} {example.expect} ({names}{at}): {show(json.dumps(example.input), 200)}")
     return "\n".join(out)

@@ -50,6 +50,7 @@ def sh_quote(value: Any) -> str:
 class Template:
     """Text with {field} and {field|sh} placeholders; {{ and }} are literal braces."""
 
+    text: str  # as written in the rules file
     parts: tuple[tuple[str, Optional[str], Optional[str]], ...]  # (literal, field, filter)
 
     @staticmethod
@@ -68,7 +69,7 @@ class Template:
                 parts.append((literal, name, filt or None))
         except ValueError as e:
             raise ValueError(f"bad template {text!r}: {e}") from None
-        return Template(tuple(parts))
+        return Template(text, tuple(parts))
 
     def fields(self) -> list[str]:
         return [f for _, f, _ in self.parts if f is not None]
@@ -89,6 +90,7 @@ class Example:
     bitmaps: tuple[str, ...]
     input: Any
     layers: Optional[tuple[int, ...]]  # where a failing example's findings must be
+    line: Optional[int] = None  # in the rules file
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,8 @@ def _schema() -> dict[str, Any]:
         "required": ["expect", "input"],
         "properties": {
             "expect": {"enum": ["pass", "fail"]},
-            "bitmap": text,
-            "bitmaps": {"type": "array", "items": text, "minItems": 1},
+            "bitmap": {"type": "string"},  # may be empty: a test of bad names
+            "bitmaps": {"type": "array", "items": {"type": "string"}, "minItems": 1},
             "layers": {"type": "array", "items": {"type": "integer", "minimum": 0}},
             "input": {},
         },
@@ -241,8 +243,9 @@ def _load(path: Path) -> list[Rule]:
         examples = tuple(
             Example(e["expect"], tuple(e["bitmaps"]) if "bitmaps" in e else
                     ((e["bitmap"],) if "bitmap" in e else ()), e["input"],
-                    tuple(e["layers"]) if "layers" in e else None)
-            for e in raw["examples"])
+                    tuple(e["layers"]) if "layers" in e else None,
+                    _line(root, here + ["examples", k]))
+            for k, e in enumerate(raw["examples"]))
         if {e.expect for e in examples} != {"pass", "fail"}:
             raise fail(here + ["examples"], "needs at least one passing and one failing example")
         rules.append(Rule(

@@ -12,7 +12,7 @@
 #
 # Usage (jq 1.6 or later, gojq, or libjq):
 #   qemu-img info --output=json --backing-chain top.qcow2 | jq -f incremental-backup.jq
-#   jq -f incremental-backup.jq chain.json --args NAME...         only these bitmaps
+#   jq -f incremental-backup.jq chain.json --args -- NAME...      only these bitmaps
 #   virsh qemu-monitor-command VM '{"execute":"query-named-block-nodes","arguments":{"flat":true}}' \
 #     | jq -f incremental-backup.jq --arg top NODE                 QMP data of several disks
 # A bitmap is fit for an incremental backup when its entry says "valid": true;
@@ -21,28 +21,35 @@
 def kb_fail($m): error("kbrules: " + $m);
 def kb_truthy: . != null and . != false;
 
+# Layer facts of an ImageInfo object (qemu-img info, or .image of a QMP node).
+def kb_image:
+  ((.["format-specific"] // {}) | if .type == "qcow2" then (.data // {}) else null end) as $q
+  | { backing: (.["full-backing-filename"] // .["backing-filename"]),
+      backing_recorded: .["backing-filename"],
+      backing_format: .["backing-filename-format"],
+      dirty: (.["dirty-flag"] == true),
+      compat: ($q | if . != null then .compat else null end),
+      corrupt: ($q | if . != null then .corrupt else null end) };
+
 # qemu-img info --output=json: one image (maybe with nested backing-image) or an array.
 def kb_qemu_img:
   (if type == "object" then [recurse(.["backing-image"] // empty)] else . end)
   | [ to_entries[] | .key as $i | .value
       | ((.["format-specific"] // {}) | if .type == "qcow2" then (.data // {}) else null end) as $q
       | { layer: $i, filename: .filename, format: .format, node: null,
-          compat: ($q | if . != null and (.compat | type) == "string" then .compat else null end),
-          backing: (.["full-backing-filename"] // .["backing-filename"]),
           bitmaps: [ ($q // {}) | (.bitmaps // [])[] | (.flags // []) as $f
                      | { name: .name, recording: any($f[]; . == "auto"),
                          inconsistent: any($f[]; . == "in-use"), persistent: true,
-                         busy: false, granularity: .granularity } ] } ]
+                         busy: false, granularity: .granularity } ] } + kb_image ]
   | { source: "qemu-img", layers: ., complete: (.[-1].backing == null) };
 
 # QMP query-named-block-nodes: rebuild the chain from backing file names.
 def kb_qmp($top):
   (["bochs", "cloop", "dmg", "luks", "parallels", "qcow", "qcow2", "qed", "raw", "vdi", "vhdx", "vmdk", "vpc"] | map({(.): true}) | add) as $isfmt
-  | [ .[] | select($isfmt[.drv] == true)
-      | . + { kb_backing: ((.image // {}) | .["full-backing-filename"] // .["backing-filename"]) } ] as $fmts
+  | [ .[] | select($isfmt[.drv] == true) | . + { kb: ((.image // {}) | kb_image) } ] as $fmts
   | if ($fmts | length) == 0 then kb_fail("no format node among the QMP block nodes") else . end
   | (reduce $fmts[] as $n ({}; .[$n.file] = $n)) as $byfile
-  | (reduce ($fmts[].kb_backing | select(. != null)) as $b ({}; .[$b] = true)) as $named
+  | (reduce ($fmts[].kb.backing | select(. != null)) as $b ({}; .[$b] = true)) as $named
   | [ $fmts[] | select($named[.file] | not) ] as $tops
   | (if $top != null then
        ([ $fmts[] | select(.["node-name"] == $top) ] | if length > 0 then .[0]
@@ -51,22 +58,19 @@ def kb_qmp($top):
      elif ($tops | length) == 0 then kb_fail("the backing files form a loop: no top node")
      else kb_fail(($tops | length | tostring) + " disks in this QMP data; pick one with --top NODE: "
                   + ([ $tops[] | .["node-name"] + " (" + .file + ")" ] | join(", "))) end) as $start
-  | [ limit(($fmts | length) + 1; $start | recurse(if .kb_backing != null then ($byfile[.kb_backing] // empty) else empty end)) ]
+  | [ limit(($fmts | length) + 1; $start | recurse(if .kb.backing != null then ($byfile[.kb.backing] // empty) else empty end)) ]
   | if length > ($fmts | length) then kb_fail("backing loop") else . end
   | { source: "qmp",
       layers: [ to_entries[] | .key as $i | .value
         | { layer: $i, filename: .file, format: .drv, node: .["node-name"],
-            compat: ((.image // {}) | .["format-specific"] // {}
-                     | if .type == "qcow2" and (.data.compat | type) == "string" then .data.compat else null end),
-            backing: .kb_backing,
             bitmaps: [ (.["dirty-bitmaps"] // [])[]
               | { name: .name,
                   recording: (if has("recording") or .status == null then .recording == true
                               else .status != "disabled" end),
                   inconsistent: (.inconsistent == true), persistent: (.persistent == true),
                   busy: (.busy == true or .status == "frozen" or .status == "locked"),
-                  granularity: .granularity } ] } ],
-      complete: (.[-1].kb_backing == null) };
+                  granularity: .granularity } ] } + .kb ],
+      complete: (.[-1].kb.backing == null) };
 
 def kb_chain($top):
   if type == "object" and (.error | type) == "object" then
@@ -87,14 +91,24 @@ def kb_names($req):
 def kb_subjects($names):
   . as $chain
   | (reduce .layers[] as $l ({}; reduce $l.bitmaps[] as $b (.; .[$b.name] += [$l.layer]))) as $present
+  | (reduce (.layers[].bitmaps[] | select(.granularity != null)) as $b ({};
+       .[$b.name][$b.granularity | tostring] = true)) as $sizes
   | (reduce $names[] as $n ({}; .[$n] = true)) as $wanted
   | { bitmap: [ $names[] | ($present[.] // []) as $p
                 | { name: ., first_layer: $p[0], copies: ($p | length),
-                    chain_complete: $chain.complete, last_layer: (($chain.layers | length) - 1) } ],
+                    chain_complete: $chain.complete, last_layer: (($chain.layers | length) - 1),
+                    granularities: ($sizes[.] // {} | length) } ],
       copy: (reduce ($chain.layers[] | .layer as $i | .bitmaps[] | select($wanted[.name]) | . + {layer: $i})
                as $b ({above: {}, out: []};
                  .out += [ $b + {copies_above: (.above[$b.name] // 0)} ] | .above[$b.name] += 1)
-             | .out) };
+             | .out),
+      layer: (reduce $chain.layers[] as $l ({total: 0, out: []};
+                .total as $above
+                | .out += [ $l | {layer, format, compat, corrupt, dirty, backing, backing_recorded,
+                                  backing_format, below_format: $chain.layers[$l.layer + 1].format,
+                                  bitmaps: (.bitmaps | length), bitmaps_above: $above} ]
+                | .total += ($l.bitmaps | length))
+              | .out) };
 
 # One finding of a subject (.) at layer $at; facts win over the layer's fields.
 def kb_context($chain; $at):
@@ -110,43 +124,43 @@ def kb_report($args):
     | { rule: "bitmap-in-top", severity: "error", layer: $at,
         filename: $c.filename, message: ($c | "bitmap '" + (.["name"] | tostring) + "' is not in the top image " + (.["filename"] | tostring)),
         remediation: ($c | "This bitmap cannot serve an incremental backup. Take a new full backup and start a new bitmap in the top image with it (libvirt: a new checkpoint; offline: qemu-img bitmap --add -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ")."), caveat: null,
-        ri: 0, name: .name } ),
+        si: 0, ri: 0, name: .name } ),
     ( $S["copy"][] | select((.["copies_above"] == .["layer"]) | kb_truthy | not)
     | (.["layer"]) as $at | kb_context($chain; $at) as $c
     | { rule: "bitmap-contiguous", severity: "error", layer: $at,
         filename: $c.filename, message: ($c | "bitmap '" + (.["name"] | tostring) + "' in layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ") is cut off from the top: a layer above lacks it"),
         remediation: ($c | "Writes made while the layer without the bitmap was the top were not tracked, so no incremental backup can be based on this bitmap. Remove the stray copy (qemu-img bitmap --remove -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ", image offline) and take a new full backup."), caveat: null,
-        ri: 1, name: .name } ),
+        si: 0, ri: 1, name: .name } ),
     ( $S["copy"][] | select(.["recording"] | kb_truthy | not)
     | (.["layer"]) as $at | kb_context($chain; $at) as $c
     | { rule: "bitmap-recording", severity: "error", layer: $at,
         filename: $c.filename, message: ($c | "bitmap '" + (.["name"] | tostring) + "' is disabled (not recording) in layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ")"),
         remediation: ($c | "Writes made while it was disabled were not tracked, and enabling it now does not bring them back. Remove the bitmap (qemu-img bitmap --remove -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ", and its copies in the other layers) and take a new full backup."), caveat: null,
-        ri: 2, name: .name } ),
+        si: 0, ri: 2, name: .name } ),
     ( $S["copy"][] | select((.["inconsistent"] | not) | kb_truthy | not)
     | (.["layer"]) as $at | kb_context($chain; $at) as $c
     | { rule: "bitmap-consistent", severity: "error", layer: $at,
         filename: $c.filename, message: ($c | "bitmap '" + (.["name"] | tostring) + "' is inconsistent (in-use) in layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ")"),
         remediation: ($c | "It cannot be trusted or repaired (qemu-img check -r all leaves it alone). With the image offline, remove it (qemu-img bitmap --remove -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ") and take a new full backup. If a VM still runs on this image, the flag says nothing offline: ask QEMU over QMP instead."), caveat: null,
-        ri: 3, name: .name } ),
+        si: 0, ri: 3, name: .name } ),
     ( $S["copy"][] | select(.["persistent"] | kb_truthy | not)
     | (.["layer"]) as $at | kb_context($chain; $at) as $c
     | { rule: "bitmap-persistent", severity: "error", layer: $at,
         filename: $c.filename, message: ($c | "bitmap '" + (.["name"] | tostring) + "' is transient (not persistent) in layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ")"),
         remediation: ($c | "A transient bitmap is lost at shutdown and libvirt refuses it. Remove it (QMP block-dirty-bitmap-remove on node " + (.["node"] | tostring) + "), add it again with \"persistent\": true, and take a new full backup."), caveat: null,
-        ri: 4, name: .name } ),
+        si: 0, ri: 4, name: .name } ),
     ( $S["bitmap"][] | select(.["chain_complete"] | kb_truthy | not)
     | (.["last_layer"]) as $at | kb_context($chain; $at) as $c
     | { rule: "chain-complete", severity: "error", layer: $at,
         filename: $c.filename, message: ($c | "layer " + (.["last_layer"] | tostring) + " (" + (.["filename"] | tostring) + ") has a backing file that is not in the input, so bitmap '" + (.["name"] | tostring) + "' cannot be checked below it"),
         remediation: ($c | "Give the whole chain: qemu-img info --output=json --backing-chain, or the image path itself (kbrules check IMAGE), or all of the VM's block nodes from QMP query-named-block-nodes with \"flat\": true."), caveat: null,
-        ri: 5, name: .name } ) ] as $F
+        si: 0, ri: 5, name: .name } ) ] as $F
 | (reduce ($F[] | select(.name != null)) as $f ({}; .[$f.name] += [$f])) as $byname
 | { source: $chain.source,
     chain: [ $chain.layers[] | {layer, filename, format, node} ],
     rules: ["bitmap-in-top", "bitmap-contiguous", "bitmap-recording", "bitmap-consistent", "bitmap-persistent", "chain-complete"],
-    bitmaps: [ $names[] as $n | ($byname[$n] // [] | sort_by(.ri, .layer) | map(del(.ri, .name))) as $found
+    bitmaps: [ $names[] as $n | ($byname[$n] // [] | sort_by(.si, .ri, .layer) | map(del(.si, .ri, .name))) as $found
                | { name: $n, valid: all($found[]; .severity != "error"), findings: $found } ],
-    findings: [ $F[] | select(.name == null) ] | sort_by(.ri, .layer) | map(del(.ri, .name)) };
+    findings: [ $F[] | select(.name == null) ] | sort_by(.si, .ri, .layer) | map(del(.si, .ri, .name)) };
 
 kb_report($ARGS)

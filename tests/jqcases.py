@@ -23,8 +23,11 @@ def qemu_img_chain(draw: Any) -> Any:
         kind = draw(st.sampled_from(["v3", "v3", "v3", "v2", "raw"]))
         layer: dict[str, Any] = {"filename": f"dir/layer {i}.img", "format": "raw" if kind == "raw" else "qcow2",
                                  "virtual-size": 1048576, "dirty-flag": False}
+        if draw(st.integers(0, 4)) == 0:
+            layer["dirty-flag"] = True
         if kind != "raw":
-            data: dict[str, Any] = {"compat": "0.10" if kind == "v2" else "1.1", "refcount-bits": 16}
+            data: dict[str, Any] = {"compat": "0.10" if kind == "v2" else "1.1", "refcount-bits": 16,
+                                    "corrupt": draw(st.integers(0, 5)) == 0}
             names = draw(st.lists(NAMES, max_size=4, unique=True)) if kind == "v3" else []
             if names:
                 data["bitmaps"] = [{"name": n, "granularity": draw(GRANULARITY),
@@ -35,7 +38,8 @@ def qemu_img_chain(draw: Any) -> Any:
         if below:
             layer["backing-filename"] = f"layer {i + 1}.img"
             layer["full-backing-filename"] = f"dir/layer {i + 1}.img"
-            layer["backing-filename-format"] = "qcow2"
+            if draw(st.integers(0, 4)) != 0:  # else: the format is probed
+                layer["backing-filename-format"] = "qcow2"
         layers.append(layer)
     return layers[0] if depth == 1 and draw(st.booleans()) else layers
 
@@ -48,10 +52,15 @@ def qmp_nodes(draw: Any) -> Any:
         depth = draw(st.integers(1, 5))
         for i in range(depth):
             file = f"/var/lib/d{d}/l{i}.qcow2"
-            image: dict[str, Any] = {"filename": file, "format": "qcow2"}
+            image: dict[str, Any] = {"filename": file, "format": "qcow2", "dirty-flag": draw(st.booleans()),
+                                     "format-specific": {"type": "qcow2", "data": {
+                                         "compat": draw(st.sampled_from(["1.1", "0.10"])),
+                                         "corrupt": draw(st.booleans())}}}
             missing_base = i + 1 == depth and draw(st.integers(0, 5)) == 0
             if i + 1 < depth or missing_base:
                 image["backing-filename"] = f"/var/lib/d{d}/l{i + 1}.qcow2"
+                if draw(st.booleans()):
+                    image["backing-filename-format"] = "qcow2"
             bitmaps = []
             for n in draw(st.lists(NAMES, max_size=4, unique=True)):
                 b: dict[str, Any] = {"name": n, "recording": draw(st.booleans()),

@@ -10,6 +10,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+from engine.rules import load_all
 from helpers import kbrules
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +56,8 @@ def test_wheel_ships_and_runs_the_rules(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         z.extractall(tmp_path / "site")
-    assert "engine/rules/incremental-backup.yaml" in names
+    for stem in ("incremental-backup", "image-health"):
+        assert f"engine/rules/{stem}.yaml" in names and f"engine/rules/{stem}.jq" in names
     # Run from the unpacked wheel, away from the source tree.
     code = ("import json, sys; from engine.cli import main; sys.exit(main(['check', sys.argv[1], "
             "'--format', 'json']))")
@@ -63,4 +65,4 @@ def test_wheel_ships_and_runs_the_rules(tmp_path: Path) -> None:
                           env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"},
                           capture_output=True, text=True)
     assert done.returncode == 1, done.stderr
-    assert json.loads(done.stdout)["rules"][0] == "bitmap-in-top"
+    assert set(json.loads(done.stdout)["rules"]) == {r.id for r in load_all()}

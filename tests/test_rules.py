@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from engine.errors import RulesError
-from engine.examples import check_example
+from engine.examples import ENGINES, check_example
 from engine.rules import Template, default_files, load, load_all, sh_quote
+from helpers import kbrules
 
 RULES = load_all()
 EXAMPLES = [(r, e, i + 1) for r in RULES for i, e in enumerate(r.examples)]
@@ -24,13 +25,22 @@ def test_stable_ids_exist() -> None:
 
 
 def test_rules_ship_in_rules_dir() -> None:
-    assert [p.name for p in default_files()] == ["incremental-backup.yaml"]
+    assert [p.name for p in default_files()] == ["image-health.yaml", "incremental-backup.yaml"]
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("rule, example, number", EXAMPLES,
                          ids=[f"{r.id}-{e.expect}-{i}" for r, e, i in EXAMPLES])
-def test_rule_example(rule, example, number) -> None:
-    assert check_example(rule, example, number) is None
+def test_rule_example(rule, example, number, engine: str) -> None:
+    assert check_example(rule, example, number, engine) is None
+
+
+def test_kbrules_test_runs_every_example_in_both_engines() -> None:
+    run = kbrules("test")
+    runs = 2 * sum(len(r.examples) for r in RULES)
+    assert run.code == 0, run.out
+    assert run.out.splitlines()[-1] == f"{len(RULES)} rules, {runs} runs: {runs} passed, 0 failed"
+    assert all(f"ok    {r.id}  " in run.out for r in RULES)
 
 
 def test_a_wrong_example_is_caught() -> None:
@@ -38,8 +48,9 @@ def test_a_wrong_example_is_caught() -> None:
     rule = next(r for r in RULES if r.id == "bitmap-recording")
     passing = next(e for e in rule.examples if e.expect == "pass")
     from dataclasses import replace
-    problem = check_example(rule, replace(passing, expect="fail"), 1)
-    assert problem is not None and "expected a finding, got none" in problem
+    for engine in ENGINES:
+        problem = check_example(rule, replace(passing, expect="fail"), 1, engine)
+        assert problem is not None and "expected a finding, got none" in problem
 
 
 GOOD = """\
@@ -108,3 +119,47 @@ def test_template_render_and_quote() -> None:
     assert sh_quote("a b") == "'a b'"
     assert Template.parse("{x}").render({"x": None}) == "null"
     assert Template.parse("{x}").render({"x": True}) == "true"
+
+
+def test_example_that_fails_its_rule(tmp_path: Path) -> None:
+    # The passing example made to fail: the rules file is broken for every command
+    # (FILE:LINE: rule ID, exit 2), and kbrules test reports it as a failure (exit 1).
+    broken = GOOD.replace("data: {bitmaps: [{name: a, flags: [auto]}]}", "data: {bitmaps: [{name: a, flags: []}]}", 1)
+    path = tmp_path / "demo.yaml"
+    path.write_text(broken)
+    chain = tmp_path / "chain.json"
+    chain.write_text('{"filename": "t.qcow2", "format": "qcow2"}')
+    for argv in (["check", str(chain), "--rules", str(path)], ["list", "--rules", str(path)],
+                 ["jq", "--rules", str(path)], ["explain", "demo-rule", "--rules", str(path)]):
+        run = kbrules(*argv)
+        assert run.code == 2 and run.out == "", argv
+        assert run.err == f"kbrules: {path}:13: rule demo-rule: example #1 (pass): expected no " \
+                          f"finding, got findings at layers [0] (python)\n"
+    run = kbrules("test", str(path))
+    assert run.code == 1
+    assert "FAIL  demo-rule" in run.out and run.out.splitlines()[-1] == "1 rules, 4 runs: 2 passed, 2 failed"
+
+
+def test_ids_are_unique_across_files(tmp_path: Path) -> None:
+    copy = tmp_path / "copy.yaml"
+    copy.write_text((default_files()[1]).read_text().replace("article: incremental-backup", "article: copy"))
+    with pytest.raises(RulesError, match=r"copy.yaml: rule bitmap-in-top: id already used in .*incremental-backup.yaml"):
+        load_all([default_files()[1], copy])
+
+
+def test_list_and_explain() -> None:
+    run = kbrules("list")
+    assert run.code == 0
+    lines = run.out.splitlines()
+    assert lines[0].split() == ["ID", "SEVERITY", "TITLE", "ARTICLE"]
+    assert [line.split()[0] for line in lines[1:]] == [r.id for r in RULES]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows["bitmap-persistent"][1] == "error" and rows["image-dirty"][1] == "warning"
+    assert rows["image-dirty"][-1] == "docs/kbase/image-health.rst"
+    run = kbrules("explain", "bitmap-consistent")
+    assert run.code == 0
+    rule = next(r for r in RULES if r.id == "bitmap-consistent")
+    assert run.out.startswith("bitmap-consistent (error): " + rule.title)
+    assert rule.remediation.text in run.out and "#2 fail ('a', findings at layers [0])" in run.out
+    bad = kbrules("explain", "bitmap-nope")
+    assert bad.code == 2 and "unknown rule id 'bitmap-nope'" in bad.err

@@ -1,0 +1,173 @@
+# image-health.jq: GENERATED from rules/image-health.yaml by `kbrules jq --rules rules/image-health.yaml`.
+# Do not edit: change the YAML and regenerate (a test fails when this file is stale).
+#
+# Checks a qcow2 backing chain the way `kbrules check --format json` does, and prints
+# the same JSON report, with these rules:
+#   image-corrupt (error): No qcow2 layer is flagged corrupt
+#   image-dirty (warning): No layer was left dirty
+#   backing-format-probed (error): Every backing file has a recorded format
+#   bitmap-granularity-mismatch (warning): All copies of a bitmap have one granularity
+#   bitmap-busy (warning): No copy of the bitmap is busy
+#   bitmap-name-invalid (error): Bitmap names are 1 to 1023 bytes long
+#   layer-cannot-hold-bitmaps (info): Where bitmaps cannot go
+#
+# Usage (jq 1.6 or later, gojq, or libjq):
+#   qemu-img info --output=json --backing-chain top.qcow2 | jq -f image-health.jq
+#   jq -f image-health.jq chain.json --args -- NAME...      only these bitmaps
+#   virsh qemu-monitor-command VM '{"execute":"query-named-block-nodes","arguments":{"flat":true}}' \
+#     | jq -f image-health.jq --arg top NODE                 QMP data of several disks
+# A bitmap is fit for an incremental backup when its entry says "valid": true;
+#   ... | jq -f image-health.jq | jq -e 'all(.bitmaps[]; .valid)'   exits 1 otherwise.
+
+def kb_fail($m): error("kbrules: " + $m);
+def kb_truthy: . != null and . != false;
+
+# Layer facts of an ImageInfo object (qemu-img info, or .image of a QMP node).
+def kb_image:
+  ((.["format-specific"] // {}) | if .type == "qcow2" then (.data // {}) else null end) as $q
+  | { backing: (.["full-backing-filename"] // .["backing-filename"]),
+      backing_recorded: .["backing-filename"],
+      backing_format: .["backing-filename-format"],
+      dirty: (.["dirty-flag"] == true),
+      compat: ($q | if . != null then .compat else null end),
+      corrupt: ($q | if . != null then .corrupt else null end) };
+
+# qemu-img info --output=json: one image (maybe with nested backing-image) or an array.
+def kb_qemu_img:
+  (if type == "object" then [recurse(.["backing-image"] // empty)] else . end)
+  | [ to_entries[] | .key as $i | .value
+      | ((.["format-specific"] // {}) | if .type == "qcow2" then (.data // {}) else null end) as $q
+      | { layer: $i, filename: .filename, format: .format, node: null,
+          bitmaps: [ ($q // {}) | (.bitmaps // [])[] | (.flags // []) as $f
+                     | { name: .name, recording: any($f[]; . == "auto"),
+                         inconsistent: any($f[]; . == "in-use"), persistent: true,
+                         busy: false, granularity: .granularity } ] } + kb_image ]
+  | { source: "qemu-img", layers: ., complete: (.[-1].backing == null) };
+
+# QMP query-named-block-nodes: rebuild the chain from backing file names.
+def kb_qmp($top):
+  (["bochs", "cloop", "dmg", "luks", "parallels", "qcow", "qcow2", "qed", "raw", "vdi", "vhdx", "vmdk", "vpc"] | map({(.): true}) | add) as $isfmt
+  | [ .[] | select($isfmt[.drv] == true) | . + { kb: ((.image // {}) | kb_image) } ] as $fmts
+  | if ($fmts | length) == 0 then kb_fail("no format node among the QMP block nodes") else . end
+  | (reduce $fmts[] as $n ({}; .[$n.file] = $n)) as $byfile
+  | (reduce ($fmts[].kb.backing | select(. != null)) as $b ({}; .[$b] = true)) as $named
+  | [ $fmts[] | select($named[.file] | not) ] as $tops
+  | (if $top != null then
+       ([ $fmts[] | select(.["node-name"] == $top) ] | if length > 0 then .[0]
+        else kb_fail("no format node named " + ($top | tojson)) end)
+     elif ($tops | length) == 1 then $tops[0]
+     elif ($tops | length) == 0 then kb_fail("the backing files form a loop: no top node")
+     else kb_fail(($tops | length | tostring) + " disks in this QMP data; pick one with --top NODE: "
+                  + ([ $tops[] | .["node-name"] + " (" + .file + ")" ] | join(", "))) end) as $start
+  | [ limit(($fmts | length) + 1; $start | recurse(if .kb.backing != null then ($byfile[.kb.backing] // empty) else empty end)) ]
+  | if length > ($fmts | length) then kb_fail("backing loop") else . end
+  | { source: "qmp",
+      layers: [ to_entries[] | .key as $i | .value
+        | { layer: $i, filename: .file, format: .drv, node: .["node-name"],
+            bitmaps: [ (.["dirty-bitmaps"] // [])[]
+              | { name: .name,
+                  recording: (if has("recording") or .status == null then .recording == true
+                              else .status != "disabled" end),
+                  inconsistent: (.inconsistent == true), persistent: (.persistent == true),
+                  busy: (.busy == true or .status == "frozen" or .status == "locked"),
+                  granularity: .granularity } ] } + .kb ],
+      complete: (.[-1].kb.backing == null) };
+
+def kb_chain($top):
+  if type == "object" and (.error | type) == "object" then
+    kb_fail("QMP error reply: " + (.error.class // "Error") + ": " + (.error.desc // "(no description)"))
+  elif type == "object" and has("return") then .return | kb_qmp($top)
+  elif type == "array" and length > 0 and all(.[]; type == "object" and has("node-name")) then kb_qmp($top)
+  elif $top != null then kb_fail("--top picks a node of QMP data; this is qemu-img info output")
+  elif type == "object" or (type == "array" and length > 0) then kb_qemu_img
+  else kb_fail("not qemu-img info or QMP query-named-block-nodes JSON") end;
+
+# The names being checked: the requested ones (first occurrence), else every name, sorted.
+def kb_names($req):
+  if ($req | length) > 0 then
+    reduce $req[] as $n ({seen: {}, out: []};
+      if .seen[$n] then . else .seen[$n] = true | .out += [$n] end) | .out
+  else [ .layers[].bitmaps[].name ] | unique end;
+
+def kb_subjects($names):
+  . as $chain
+  | (reduce .layers[] as $l ({}; reduce $l.bitmaps[] as $b (.; .[$b.name] += [$l.layer]))) as $present
+  | (reduce (.layers[].bitmaps[] | select(.granularity != null)) as $b ({};
+       .[$b.name][$b.granularity | tostring] = true)) as $sizes
+  | (reduce $names[] as $n ({}; .[$n] = true)) as $wanted
+  | { bitmap: [ $names[] | ($present[.] // []) as $p
+                | { name: ., first_layer: $p[0], copies: ($p | length),
+                    chain_complete: $chain.complete, last_layer: (($chain.layers | length) - 1),
+                    granularities: ($sizes[.] // {} | length) } ],
+      copy: (reduce ($chain.layers[] | .layer as $i | .bitmaps[] | select($wanted[.name]) | . + {layer: $i})
+               as $b ({above: {}, out: []};
+                 .out += [ $b + {copies_above: (.above[$b.name] // 0)} ] | .above[$b.name] += 1)
+             | .out),
+      layer: (reduce $chain.layers[] as $l ({total: 0, out: []};
+                .total as $above
+                | .out += [ $l | {layer, format, compat, corrupt, dirty, backing, backing_recorded,
+                                  backing_format, below_format: $chain.layers[$l.layer + 1].format,
+                                  bitmaps: (.bitmaps | length), bitmaps_above: $above} ]
+                | .total += ($l.bitmaps | length))
+              | .out) };
+
+# One finding of a subject (.) at layer $at; facts win over the layer's fields.
+def kb_context($chain; $at):
+  $chain.layers[$at] as $l | {filename: $l.filename, format: $l.format, node: $l.node} + .;
+
+def kb_report($args):
+  (($args.named.top) // null) as $top
+| kb_chain($top) as $chain
+| ($chain | kb_names($args.positional // [])) as $names
+| ($chain | kb_subjects($names)) as $S
+| [ ( $S["layer"][] | select((.["corrupt"] | not) | kb_truthy | not)
+    | (.["layer"]) as $at | kb_context($chain; $at) as $c
+    | { rule: "image-corrupt", severity: "error", layer: $at,
+        filename: $c.filename, message: ($c | "layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ") is flagged corrupt: QEMU will only open it read-only"),
+        remediation: ($c | "Copy the file first, then, with no program using it, run qemu-img check -r all " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ". If the check cannot repair it, restore the layer from a backup."), caveat: null,
+        si: 0, ri: 0, name: null } ),
+    ( $S["layer"][] | select((.["dirty"] | not) | kb_truthy | not)
+    | (.["layer"]) as $at | kb_context($chain; $at) as $c
+    | { rule: "image-dirty", severity: "warning", layer: $at,
+        filename: $c.filename, message: ($c | "layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ") is dirty: it was not closed cleanly while lazy refcounts were on"),
+        remediation: ($c | "With no program using the image, run qemu-img check -r all " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " to rebuild the refcounts (opening it read-write in QEMU does the same)."), caveat: null,
+        si: 1, ri: 1, name: null } ),
+    ( $S["layer"][] | select(([(.["backing"] == null), (.["backing_format"] != null)] | any) | kb_truthy | not)
+    | (.["layer"]) as $at | kb_context($chain; $at) as $c
+    | { rule: "backing-format-probed", severity: "error", layer: $at,
+        filename: $c.filename, message: ($c | "layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ") names its backing file " + (.["backing"] | tostring) + " without a format: QEMU would probe it, and libvirt refuses the chain"),
+        remediation: ($c | "Record the format without touching any data: qemu-img rebase -u -F " + (.["below_format"] | tostring) + " -b " + (.["backing_recorded"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " (the format shown is what qemu-img probed; make sure it is the real one)."), caveat: null,
+        si: 0, ri: 2, name: null } ),
+    ( $S["bitmap"][] | select((.["granularities"] <= 1) | kb_truthy | not)
+    | (.["first_layer"]) as $at | kb_context($chain; $at) as $c
+    | { rule: "bitmap-granularity-mismatch", severity: "warning", layer: $at,
+        filename: $c.filename, message: ($c | "bitmap '" + (.["name"] | tostring) + "' has " + (.["granularities"] | tostring) + " different granularities across the layers"),
+        remediation: ($c | "Nothing is lost. To align them, start the bitmap anew with one granularity at the next full backup (qemu-img bitmap --add -g BYTES, or the granularity of a libvirt checkpoint)."), caveat: null,
+        si: 1, ri: 3, name: .name } ),
+    ( $S["copy"][] | select((.["busy"] | not) | kb_truthy | not)
+    | (.["layer"]) as $at | kb_context($chain; $at) as $c
+    | { rule: "bitmap-busy", severity: "warning", layer: $at,
+        filename: $c.filename, message: ($c | "bitmap '" + (.["name"] | tostring) + "' in layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ") is busy: a block job is using it"),
+        remediation: ($c | "Let the job finish or cancel it (virsh domjobinfo DOMAIN, QMP query-block-jobs), then check again."), caveat: null,
+        si: 1, ri: 4, name: .name } ),
+    ( $S["copy"][] | select(([((.["name"] | if type == "string" then utf8bytelength else null end) > 0), ((.["name"] | if type == "string" then utf8bytelength else null end) <= 1023)] | all) | kb_truthy | not)
+    | (.["layer"]) as $at | kb_context($chain; $at) as $c
+    | { rule: "bitmap-name-invalid", severity: "error", layer: $at,
+        filename: $c.filename, message: ($c | "bitmap '" + (.["name"] | tostring) + "' in layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ") has a name that is empty or longer than 1023 bytes"),
+        remediation: ($c | "QEMU cannot have made it: check where the data came from. A bitmap with such a name cannot be used; create a new one with a valid name at the next full backup."), caveat: null,
+        si: 0, ri: 5, name: .name } ),
+    ( $S["layer"][] | select(([(.["bitmaps_above"] == 0), ([(.["format"] == "qcow2"), (.["compat"] != "0.10")] | all)] | any) | kb_truthy | not)
+    | (.["layer"]) as $at | kb_context($chain; $at) as $c
+    | { rule: "layer-cannot-hold-bitmaps", severity: "info", layer: $at,
+        filename: $c.filename, message: ($c | "layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ") cannot store persistent bitmaps (only qcow2 with compat 1.1 can): the bitmaps of the layers above end above it"),
+        remediation: ($c | "Nothing to fix. To let bitmaps reach this layer, upgrade a qcow2 v2 image in place (qemu-img amend -o compat=1.1 " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ") or convert a raw one to qcow2 (qemu-img convert -O qcow2)."), caveat: null,
+        si: 2, ri: 6, name: null } ) ] as $F
+| (reduce ($F[] | select(.name != null)) as $f ({}; .[$f.name] += [$f])) as $byname
+| { source: $chain.source,
+    chain: [ $chain.layers[] | {layer, filename, format, node} ],
+    rules: ["image-corrupt", "image-dirty", "backing-format-probed", "bitmap-granularity-mismatch", "bitmap-busy", "bitmap-name-invalid", "layer-cannot-hold-bitmaps"],
+    bitmaps: [ $names[] as $n | ($byname[$n] // [] | sort_by(.si, .ri, .layer) | map(del(.si, .ri, .name))) as $found
+               | { name: $n, valid: all($found[]; .severity != "error"), findings: $found } ],
+    findings: [ $F[] | select(.name == null) ] | sort_by(.si, .ri, .layer) | map(del(.si, .ri, .name)) };
+
+kb_report($ARGS)
