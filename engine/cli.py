@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn, Optional, Sequence, Union
 
@@ -77,13 +78,16 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check", help="check a chain's bitmaps", description=DESCRIPTION, epilog=CHECK_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    check.add_argument("input", nargs="?", metavar="PATH|-",
-                       help="disk image, JSON file, or - for standard input (the default "
-                            "when input is piped)")
+    check.add_argument("inputs", nargs="*", metavar="PATH|-",
+                       help="disk images or JSON files, or - for standard input (the default "
+                            "when input is piped); several are checked in one run")
     check.add_argument("--bitmap", "-b", action="append", metavar="NAME", dest="bitmaps",
                        help="check this bitmap (repeatable); default: every bitmap in the chain")
-    check.add_argument("--format", choices=("text", "json"), default="text",
-                       help="report format (default: text)")
+    check.add_argument("--format", choices=("text", "json", "jsonl"), default="text",
+                       help="report format (default: text); with several inputs, json is an "
+                            "array and jsonl one report per line, each with an 'input' field")
+    check.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1, metavar="N",
+                       help="run up to N qemu-img at once (default: the number of CPUs)")
     check.add_argument("--top", metavar="NODE",
                        help="QMP input: the node-name of the disk's top format node, when the "
                             "data holds several disks")
@@ -139,14 +143,8 @@ def _is_json_file(path: Path) -> bool:
     return b"\0" not in head
 
 
-def _read_chain(args: argparse.Namespace) -> tuple[Any, Chain, list[str]]:
+def _read_chain(source: str, args: argparse.Namespace) -> tuple[Any, Chain, list[str]]:
     """(the JSON value, from the input or from qemu-img; the chain; qemu-img's warnings)."""
-    source = args.input
-    if source is None:
-        if sys.stdin.isatty():
-            raise UsageError("nothing to check: give an image, a JSON file, "
-                             "or - to read JSON from standard input")
-        source = "-"
     if source == "-":
         if args.image_format:
             raise UsageError("--image-format needs an image path, not -")
@@ -187,30 +185,95 @@ def _rules(args: argparse.Namespace) -> list[Rule]:
 
 def check(args: argparse.Namespace) -> int:
     rules = _rules(args)
+    sources = args.inputs
+    if not sources:
+        if sys.stdin.isatty():
+            raise UsageError("nothing to check: give an image, a JSON file, "
+                             "or - to read JSON from standard input")
+        sources = ["-"]
+    if sources.count("-") > 1:
+        raise UsageError("standard input (-) can be read only once")
     if args.engine == "jq":
-        return _check_jq(args, rules)
-    _, chain, warnings = _read_chain(args)
-    _warn(warnings)
-    report = evaluate(chain, rules, args.bitmaps)
-    _print(to_dict(report) if args.format == "json" else to_text(report))
-    return EXIT_FINDINGS if report.has_error else EXIT_OK
+        if args.format == "text":
+            raise UsageError("--engine jq prints the JSON report: add --format json or jsonl")
+        if args.force_share:
+            raise UsageError("--force-share needs the Python engine: jq cannot probe which "
+                             "layers are held")
+    if args.jobs < 1:
+        raise UsageError("--jobs must be 1 or more")
+    if len(sources) == 1 and args.format != "jsonl":
+        report, code = _check_one(sources[0], args, rules)  # errors propagate: one line, exit 2
+        _print(report)
+        return code
+    return _check_many(sources, args, rules)
 
 
-def _check_jq(args: argparse.Namespace, rules: list[Rule]) -> int:
-    """The same check through the compiled jq program (libjq). It reads JSON only, and
-    prints JSON: the text report is drawn from the Python model."""
-    if args.format != "json":
-        raise UsageError("--engine jq prints the JSON report: add --format json")
-    if args.force_share:
-        raise UsageError("--force-share needs the Python engine: jq cannot probe which layers are held")
-    # The input is read and normalized as for the Python engine, so that bad input gets
-    # the same one-line error; the report itself comes from jq.
-    value, _, warnings = _read_chain(args)
+def _check_one(source: str, args: argparse.Namespace, rules: list[Rule]) -> tuple[Any, int]:
+    """One input's report (a dict for JSON formats, text otherwise) and exit code."""
+    value, chain, warnings = _read_chain(source, args)
     _warn(warnings)
-    report = jqbackend.run(jqbackend.binding(rules), value, args.bitmaps, args.top)
-    _print(report)
-    errors = [f for b in report["bitmaps"] for f in b["findings"]] + report["findings"]
-    return EXIT_FINDINGS if any(f["severity"] == "error" for f in errors) else EXIT_OK
+    if args.engine == "jq":
+        # Read and normalized as for the Python engine, so that bad input gets the same
+        # one-line error; the report itself comes from jq.
+        report = jqbackend.run(jqbackend.binding(rules), value, args.bitmaps, args.top)
+        errors = [f for b in report["bitmaps"] for f in b["findings"]] + report["findings"]
+        return report, EXIT_FINDINGS if any(f["severity"] == "error" for f in errors) else EXIT_OK
+    result = evaluate(chain, rules, args.bitmaps)
+    code = EXIT_FINDINGS if result.has_error else EXIT_OK
+    return (to_text(result) if args.format == "text" else to_dict(result)), code
+
+
+def _check_many(sources: list[str], args: argparse.Namespace, rules: list[Rule]) -> int:
+    """Several inputs in one run: qemu-img runs in parallel threads (it is another
+    process, so the GIL does not matter), reports print in input order, and the exit
+    code is the worst of all. A bad input is reported and the others still run."""
+    def one(source: str) -> tuple[Any, int]:
+        try:
+            return _check_one(source, args, rules)
+        except KbrulesError as e:
+            return show(str(e)), EXIT_ERROR
+
+    worst, reports = EXIT_OK, []
+    progress = _Progress(len(sources))
+    with ThreadPoolExecutor(max_workers=min(args.jobs, len(sources))) as pool:
+        for source, (report, code) in zip(sources, pool.map(one, sources)):
+            progress.step()
+            worst = max(worst, code)
+            if code == EXIT_ERROR:
+                print(f"kbrules: {report}", file=sys.stderr)
+            if args.format == "text":
+                progress.clear()
+                print(f"== {show(source)} ==\n{report if code != EXIT_ERROR else 'error: ' + report}\n")
+                continue
+            entry = {"input": source, **report} if code != EXIT_ERROR else {"input": source, "error": report}
+            if args.format == "jsonl":
+                progress.clear()
+                print(json.dumps(entry, ensure_ascii=not _utf8()))
+            else:
+                reports.append(entry)
+    progress.clear()
+    if args.format == "json":
+        _print(reports)
+    return worst
+
+
+class _Progress:
+    """'checked N/M' on stderr, only for a person watching a long run."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.shown = total, 0, False
+        self.on = total >= 20 and sys.stderr.isatty()
+
+    def step(self) -> None:
+        self.done += 1
+        if self.on and (self.done % 10 == 0 or self.done == self.total):
+            print(f"\rkbrules: checked {self.done}/{self.total}", end="", file=sys.stderr, flush=True)
+            self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+            self.shown = False
 
 
 def _warn(warnings: list[str]) -> None:
@@ -218,11 +281,15 @@ def _warn(warnings: list[str]) -> None:
         print(f"kbrules: qemu-img said: {show(warning.removeprefix('qemu-img: '))}", file=sys.stderr)
 
 
-def _print(report: Union[dict[str, Any], str]) -> None:
+def _utf8() -> bool:
+    return (sys.stdout.encoding or "").lower().replace("-", "") == "utf8"
+
+
+def _print(report: Union[dict[str, Any], list[Any], str]) -> None:
     """The report on stdout, whatever stdout can encode: JSON falls back to \\u escapes,
     text to backslash escapes, so that exit 1 never means "could not print"."""
-    utf8 = (sys.stdout.encoding or "").lower().replace("-", "") == "utf8"
-    if isinstance(report, dict):
+    utf8 = _utf8()
+    if not isinstance(report, str):
         print(json.dumps(report, indent=2, ensure_ascii=not utf8))
         return
     if not utf8 and hasattr(sys.stdout, "reconfigure"):

@@ -9,7 +9,7 @@ from .errors import KbrulesError, RulesError
 from .evaluate import evaluate
 from .normalize import normalize
 from .report import to_dict
-from .rules import Example, Rule, load_all
+from .rules import Example, Rule, load_all, remember
 
 ENGINES = ("python", "jq")
 
@@ -51,18 +51,20 @@ def check_example(rule: Rule, example: Example, number: int, engine: str = "pyth
 
 def load_checked(paths: Optional[Sequence[Path]] = None) -> list[Rule]:
     """The rules, after each one's examples passed in the Python engine: a rule whose
-    own examples fail is a broken rules file."""
+    own examples fail is a broken rules file. Files that passed are cached on disk."""
     rules = load_all(paths)
-    for rule in rules:
-        if id(rule) not in _CHECKED:
-            for number, example in enumerate(rule.examples, 1):
-                problem = check_example(rule, example, number)
-                if problem:
-                    raise RulesError(problem)
-            _CHECKED.add(id(rule))
+    fresh = [r for r in rules if not r.checked and id(r) not in _CHECKED]
+    for rule in fresh:
+        for number, example in enumerate(rule.examples, 1):
+            problem = check_example(rule, example, number)
+            if problem:
+                raise RulesError(problem)
+        _CHECKED.add(id(rule))
+    for source in dict.fromkeys(r.source for r in fresh):
+        remember(Path(source))
     return rules
 
 
-# Rules already checked, by identity: loaded Rule objects live in rules._LOADED for the
-# whole process, and a changed file gives new ones.
+# Rules already checked in this process, by identity: loaded Rule objects live in
+# rules._LOADED for the whole process, and a changed file gives new ones.
 _CHECKED: set[int] = set()

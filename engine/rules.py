@@ -3,14 +3,14 @@ cannot say (unique ids, known facts), compiled to Python."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import os
 import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
-
-import jsonschema
-import yaml
 
 from . import ops
 from .errors import RulesError
@@ -109,6 +109,7 @@ class Rule:
     source: str  # the file it came from
     check: ops.Compiled
     layer_of: ops.Compiled
+    checked: bool = False  # its examples are known to pass (read from the cache)
 
 
 def _schema() -> dict[str, Any]:
@@ -151,11 +152,17 @@ def _schema() -> dict[str, Any]:
     }
 
 
-_VALIDATOR = jsonschema.Draft202012Validator(_schema())
+@functools.lru_cache(maxsize=1)
+def _validator() -> Any:
+    import jsonschema  # only when a rules file is read for real, not from the cache
+
+    return jsonschema.Draft202012Validator(_schema())
 
 
-def _line(root: Optional[yaml.Node], path: Sequence[Any]) -> Optional[int]:
+def _line(root: Any, path: Sequence[Any]) -> Optional[int]:
     """The 1-based line of the YAML node at a JSON path, as near as it can be found."""
+    import yaml
+
     node, line = root, None
     for key in path:
         if node is None:
@@ -170,49 +177,52 @@ def _line(root: Optional[yaml.Node], path: Sequence[Any]) -> Optional[int]:
     return node.start_mark.line + 1 if node is not None else line
 
 
-# Loaded files by (path, mtime, size): a process that checks many inputs reads each
-# rules file once, and a changed file is read again.
-_LOADED: dict[tuple[str, int, int], list[Rule]] = {}
+def _rule_name(data: Any, where: Sequence[Any]) -> str:
+    if len(where) >= 2 and where[0] == "rules" and isinstance(where[1], int):
+        raw = data["rules"][where[1]]
+        rid = raw.get("id") if isinstance(raw, dict) else None
+        return f" rule {rid if isinstance(rid, str) else '#' + str(where[1] + 1)}:"
+    return ""
 
 
-def load(path: Path) -> list[Rule]:
-    """Every rule of one file, or a RulesError that names file, line and rule."""
+def _parse(path: Path, text: str) -> tuple[Any, dict[str, int]]:
+    """YAML checked against the schema: the data, and the line of every place that
+    later checks may name (rules.I, rules.I.KEY, rules.I.examples.K)."""
+    import yaml
+
     try:
-        stat = path.stat()
-    except OSError as e:
-        raise RulesError(f"{path}: cannot read: {e.strerror or e}") from None
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    if key not in _LOADED:
-        _LOADED[key] = _load(path)
-    return list(_LOADED[key])
-
-
-def _load(path: Path) -> list[Rule]:
-    try:
-        text = path.read_text(encoding="utf-8")
         root = yaml.compose(text)
         data = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError) as e:
-        raise RulesError(f"{path}: cannot read: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise RulesError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
-
-    def fail(where: Sequence[Any], what: str) -> RulesError:
-        line = _line(root, where)
-        rule = ""
-        if len(where) >= 2 and where[0] == "rules" and isinstance(where[1], int):
-            rid = data["rules"][where[1]].get("id") if isinstance(data["rules"][where[1]], dict) else None
-            rule = f" rule {rid if isinstance(rid, str) else '#' + str(where[1] + 1)}:"
-        return RulesError(f"{path}{':' + str(line) if line else ''}:{rule} {what}")
-
-    errors = sorted(_VALIDATOR.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    errors = list(_validator().iter_errors(data))
     if errors:
+        import jsonschema
+
         # best_match picks the most specific error among oneOf branches.
         err = jsonschema.exceptions.best_match(errors)
-        where = ".".join(map(str, err.absolute_path)) or "top level"
-        raise fail(list(err.absolute_path), f"{where}: {err.message}")
+        where = list(err.absolute_path)
+        line = _line(root, where)
+        raise RulesError(f"{path}{':' + str(line) if line else ''}:{_rule_name(data, where)} "
+                         f"{'.'.join(map(str, where)) or 'top level'}: {err.message}")
+    lines: dict[str, int] = {}
+    for i, raw in enumerate(data["rules"]):
+        places = [["rules", i]] + [["rules", i, key] for key in raw] + \
+            [["rules", i, "examples", k] for k in range(len(raw["examples"]))]
+        for place in places:
+            line = _line(root, place)
+            if line:
+                lines[".".join(map(str, place))] = line
+    return data, lines
+
+
+def _build(path: Path, data: Any, lines: dict[str, int], checked: bool) -> list[Rule]:
+    """Rules from schema-valid data, after the checks a schema cannot make."""
+    def fail(where: Sequence[Any], what: str) -> RulesError:
+        line = lines.get(".".join(map(str, where))) or lines.get(".".join(map(str, where[:2])))
+        return RulesError(f"{path}{':' + str(line) if line else ''}:{_rule_name(data, where)} {what}")
 
     rules, seen = [], {}
     for i, raw in enumerate(data["rules"]):
@@ -244,7 +254,7 @@ def _load(path: Path) -> list[Rule]:
             Example(e["expect"], tuple(e["bitmaps"]) if "bitmaps" in e else
                     ((e["bitmap"],) if "bitmap" in e else ()), e["input"],
                     tuple(e["layers"]) if "layers" in e else None,
-                    _line(root, here + ["examples", k]))
+                    lines.get(f"rules.{i}.examples.{k}"))
             for k, e in enumerate(raw["examples"]))
         if {e.expect for e in examples} != {"pass", "fail"}:
             raise fail(here + ["examples"], "needs at least one passing and one failing example")
@@ -253,8 +263,92 @@ def _load(path: Path) -> list[Rule]:
             statement=raw["statement"], require=raw["require"], at=at,
             message=templates["message"], remediation=templates["remediation"],
             examples=examples, article=data["article"], source=str(path),
-            check=ops.compile_py(raw["require"]), layer_of=ops.compile_py(at)))
+            check=ops.compile_py(raw["require"]), layer_of=ops.compile_py(at), checked=checked))
     return rules
+
+
+# Loaded files by (path, mtime, size): a process that checks many inputs reads each
+# rules file once, and a changed file is read again.
+_LOADED: dict[tuple[str, int, int], list[Rule]] = {}
+
+
+def load(path: Path) -> list[Rule]:
+    """Every rule of one file, or a RulesError that names file, line and rule. A file
+    whose examples passed once (see remember()) comes from the cache on disk, without
+    parsing YAML or validating it again."""
+    try:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        if key in _LOADED:
+            return list(_LOADED[key])
+        content = path.read_bytes()
+        text = content.decode("utf-8")
+    except OSError as e:
+        raise RulesError(f"{path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise RulesError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    cached = _cache_read(content)
+    if cached is not None:
+        rules = _build(path, cached["data"], cached["lines"], checked=True)
+    else:
+        data, lines = _parse(path, text)
+        rules = _build(path, data, lines, checked=False)
+        _PARSED[str(path)] = (content, data, lines)
+    _LOADED[key] = rules
+    return list(rules)
+
+
+# What remember() writes: the file's content as read, its data and lines.
+_PARSED: dict[str, tuple[bytes, Any, dict[str, int]]] = {}
+
+
+def remember(path: Path) -> None:
+    """Cache a rules file whose examples have passed, keyed by its content and by the
+    engine's own files (a change to either makes a new key). Best effort: a cache that
+    cannot be written is only slower."""
+    parsed = _PARSED.get(str(path))
+    if parsed is None:
+        return
+    content, data, lines = parsed
+    target = _cache_path(content)
+    if target is None:
+        return
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"data": data, "lines": lines}))
+        os.replace(tmp, target)
+    except OSError:
+        pass
+
+
+def _cache_path(content: bytes) -> Optional[Path]:
+    """$KBRULES_CACHE_DIR (empty: no cache), else $XDG_CACHE_HOME/kbrules or ~/.cache/kbrules."""
+    base = os.environ.get("KBRULES_CACHE_DIR")
+    if base == "":
+        return None
+    if base is None:
+        base = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kbrules")
+    digest = hashlib.sha256(_engine_stamp() + content).hexdigest()
+    return Path(base) / f"rules-{digest[:32]}.json"
+
+
+@functools.lru_cache(maxsize=1)
+def _engine_stamp() -> bytes:
+    here = Path(__file__).resolve().parent
+    stamp = [f"{p.name}:{p.stat().st_mtime_ns}:{p.stat().st_size}" for p in sorted(here.glob("*.py"))]
+    return "\n".join(stamp).encode() + b"\n"
+
+
+def _cache_read(content: bytes) -> Optional[dict[str, Any]]:
+    target = _cache_path(content)
+    if target is None:
+        return None
+    try:
+        entry = json.loads(target.read_text())
+    except (OSError, ValueError):
+        return None
+    return entry if isinstance(entry, dict) and {"data", "lines"} <= entry.keys() else None
 
 
 def load_all(paths: Optional[Sequence[Path]] = None) -> list[Rule]:

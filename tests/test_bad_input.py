@@ -549,7 +549,8 @@ def test_utf16_json_without_suffix_is_not_taken_for_a_disk(tmp_path: Path) -> No
     (["lint", "-"], ["invalid choice: 'lint'"]),
     (["check", "-", "--bitmap"], ["--bitmap", "expected one argument"]),
     (["check", "-", "--top"], ["--top", "expected one argument"]),
-    (["check", "a.json", "b.json"], ["unrecognized arguments: b.json"]),
+    (["check", "-", "-"], ["standard input (-) can be read only once"]),
+    (["check", "a.json", "--jobs", "0"], ["--jobs must be 1 or more"]),
     (["check", "-", "--image-format", "qcow2"], ["--image-format needs an image path, not -"]),
     (["check", "-", "-f", "raw", "--format", "json"], ["--image-format needs an image path"]),
 ])
@@ -624,3 +625,18 @@ def test_console_script_help_and_version() -> None:
         done = subprocess.run([sys.executable, "-m", "engine.cli", *argv],
                               capture_output=True, text=True)
         assert done.returncode == 0 and needle in done.stdout and done.stderr == "", argv
+
+
+def test_batch_with_bad_inputs_reports_each_and_checks_the_rest(tmp_path: Path) -> None:
+    """Several inputs: a bad one is reported (one line on stderr, an 'error' entry)
+    and the others are still checked; the exit code is the worst of all."""
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(chain()))
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    run = kbrules("check", str(good), str(tmp_path / "missing.json"), str(empty), "--format", "jsonl")
+    assert run.code == 2
+    lines = [json.loads(line) for line in run.out.splitlines()]
+    assert [e["input"] for e in lines] == [str(good), str(tmp_path / "missing.json"), str(empty)]
+    assert "bitmaps" in lines[0] and "no such file" in lines[1]["error"] and "empty input" in lines[2]["error"]
+    assert run.err.count("\n") == 2 and "Traceback" not in run.err
