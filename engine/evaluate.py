@@ -6,7 +6,6 @@ from typing import Any, Optional, Sequence
 
 from . import subjects
 from .model import Chain, Finding, Report, Verdict
-from .ops import truthy
 from .rules import SEVERITIES, Rule
 
 SHARED_RW_CAVEAT = ("this layer was read with --force-share while a program may have it open "
@@ -31,8 +30,10 @@ def evaluate(chain: Chain, rules: Sequence[Rule], bitmaps: Optional[Sequence[str
     per_name: dict[str, list[Finding]] = {name: [] for name in subs.names}
     chain_level: list[Finding] = []
     for rule in rules:
+        check = rule.check
         for facts in subs.by_kind.get(rule.subject, ()):
-            if not truthy(rule.check(facts)):
+            result = check(facts)
+            if result is None or result is False:  # jq's falsy values
                 finding = _finding(rule, chain, facts)
                 (per_name[facts["name"]] if "name" in facts else chain_level).append(finding)
 

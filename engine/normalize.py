@@ -187,7 +187,7 @@ def _qemu_img(images: list[tuple[_At, dict[str, Any]]], at: _At, top: Optional[s
         if data is not None:
             dat = here / "format-specific" / "data"
             entries = dat.get(data, "bitmaps", list) or []
-            bitmaps = _unique(dat / "bitmaps", [_qemu_img_bitmap(dat / "bitmaps" / i, b)
+            bitmaps = _unique(dat / "bitmaps", [_plain_bitmap(b) or _qemu_img_bitmap(dat / "bitmaps" / i, b)
                                                 for i, b in enumerate(entries)])
         layers.append(Layer(layer=index, filename=here.get(image, "filename", str, required=True),
                             format=here.get(image, "format", str, required=True), node=None,
@@ -213,6 +213,18 @@ def _image(here: _At, image: dict[str, Any]) -> tuple[dict[str, Any], Optional[d
         "corrupt": dat.get(data, "corrupt", bool) if data is not None else None,
     }
     return facts, data
+
+
+def _plain_bitmap(entry: Any) -> Optional[Bitmap]:
+    """The common, well-formed bitmap entry, without building error paths; None sends
+    anything unusual to _qemu_img_bitmap, which says what is wrong."""
+    if type(entry) is not dict:
+        return None
+    name, flags, granularity = entry.get("name"), entry.get("flags", []), entry.get("granularity")
+    if (type(name) is not str or type(flags) is not list or any(type(f) is not str for f in flags)
+            or not (granularity is None or type(granularity) is int)):
+        return None
+    return Bitmap(name, "auto" in flags, "in-use" in flags, True, False, granularity)
 
 
 def _qemu_img_bitmap(at: _At, entry: Any) -> Bitmap:

@@ -39,9 +39,14 @@ def _rank(value: Any) -> int:
     return 6
 
 
+_PLAIN = (int, float, str)  # types whose Python comparison is jq's, between equals
+
+
 def jq_cmp(a: Any, b: Any) -> int:
     """-1, 0 or 1 as jq would order a and b. Facts are scalars, so lists and objects
     are not ordered here."""
+    if type(a) is type(b) and type(a) in _PLAIN:
+        return (a > b) - (a < b)
     ra, rb = _rank(a), _rank(b)
     if ra != rb:
         return -1 if ra < rb else 1
@@ -54,6 +59,8 @@ def jq_cmp(a: Any, b: Any) -> int:
 
 def jq_eq(a: Any, b: Any) -> bool:
     """jq equality: no bool/int confusion (Python says True == 1)."""
+    if type(a) is type(b) and type(a) in _PLAIN:
+        return bool(a == b)
     ra, rb = _rank(a), _rank(b)
     if ra != rb:
         return False
@@ -140,9 +147,18 @@ def compile_py(expr: Any) -> Compiled:
     if name == FIELD:
         return lambda s, k=arg: s.get(k)
     op = OPS[name]
+    if name == "not" and isinstance(arg, dict) and FIELD in arg:  # the most common check
+        return lambda s, k=arg[FIELD]: not truthy(s.get(k))
     parts = [compile_py(e) for e in ([arg] if op.arity == 1 else arg)]
     fn = op.py
-    return lambda s: fn(*(p(s) for p in parts))
+    # Specialized by operand count: this runs once per subject and rule, the hot path.
+    if len(parts) == 1:
+        (first,) = parts
+        return lambda s: fn(first(s))
+    if len(parts) == 2:
+        first, second = parts
+        return lambda s: fn(first(s), second(s))
+    return lambda s: fn(*[p(s) for p in parts])
 
 
 def compile_jq(expr: Any) -> str:
