@@ -1,0 +1,266 @@
+"""reStructuredText generated from the rules files and from the CLI's own parser, for
+the articles and the reference pages. Pure text in, text out: no Sphinx here
+(engine/sphinxext.py parses what these functions return), so tests can read it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from .evaluate import evaluate
+from .normalize import normalize
+from .report import to_text
+from .rules import Rule, Template, load, rules_dir, sh_quote
+
+HEADINGS = "-~^\""  # underline characters, outermost first
+ARTICLES = "docs/kbase"  # where the article of rules/<stem>.yaml lives: docs/kbase/<stem>.rst
+
+
+def rules_file(stem: str) -> Path:
+    """rules/<stem>.yaml: the rules stated by the article of that stem."""
+    return rules_dir() / f"{stem}.yaml"
+
+
+def rule_files() -> list[Path]:
+    return sorted(rules_dir().glob("*.yaml"))
+
+
+# Text ------------------------------------------------------------------------------------
+
+_MARKUP = re.compile(r"([\\`*_|])")
+
+
+def escape(text: str) -> str:
+    """Plain text as one line of reStructuredText that renders as itself."""
+    line = _MARKUP.sub(r"\\\1", " ".join(text.split()))
+    # A line that starts like a list item, a directive or a field would be read as one.
+    return "\\" + line if re.match(r"[-+*#.:(|0-9]", line) else line
+
+
+def heading(title: str, level: int) -> list[str]:
+    return [title, HEADINGS[level] * max(len(title), 4), ""]
+
+
+def template(t: Template) -> str:
+    """A message or remediation template: its text, each placeholder as *field*."""
+    out = []
+    for literal, field, _ in t.parts:
+        out.append(_MARKUP.sub(r"\\\1", literal))
+        if field is not None:
+            out.append(f"*{field}*")
+    text = " ".join("".join(out).split())
+    return "\\" + text if re.match(r"[-+*#.:(|0-9]", text) else text
+
+
+def _indent(lines: Sequence[str], by: str = "   ") -> list[str]:
+    return [by + line if line else "" for line in lines]
+
+
+def _code(language: str, text: str) -> list[str]:
+    return [f".. code-block:: {language}", "", *_indent(text.splitlines()), ""]
+
+
+# Rules in their article ------------------------------------------------------------------
+
+SUBJECTS = {"bitmap": "each bitmap name", "copy": "each copy of a bitmap, in every layer",
+            "layer": "each layer of the chain"}
+
+
+def rule_head(rule: Rule, level: int = 0) -> str:
+    """The start of a rule's section in its article: label (the rule id, so that the
+    section's anchor is #ID), title, severity, statement."""
+    lines = [f".. _{rule.id}:", "", *heading(f"``{rule.id}``: {escape(rule.title)}", level),
+             f":Severity: {rule.severity}",
+             f":Checked on: {SUBJECTS.get(rule.subject, escape(rule.subject))}",
+             f":Reference: :ref:`examples and details <reference-{rule.id}>`", "",
+             *rule.statement.strip().splitlines(), ""]
+    return "\n".join(lines)
+
+
+def rule_tail(rule: Rule) -> str:
+    """The end of a rule's section: what kbrules says when it fails, and what to do."""
+    return "\n".join([
+        ".. rubric:: When it fails", "",
+        f"kbrules reports: “{template(rule.message)}”", "",
+        f"What to do: {template(rule.remediation)}", ""])
+
+
+# The rules reference ---------------------------------------------------------------------
+
+def example_report(rule: Rule, bitmaps: Sequence[str], value: Any) -> str:
+    """What kbrules check --bitmap ... says about an example's input, this rule alone."""
+    return to_text(evaluate(normalize(value, "example"), [rule], list(bitmaps) or None))
+
+
+def rule_reference(rule: Rule, level: int, has_article: bool = True) -> list[str]:
+    lines = [f".. _reference-{rule.id}:", "", *heading(f"``{rule.id}``", level),
+             f":Title: {escape(rule.title)}",
+             f":Severity: {rule.severity}",
+             f":Checked on: {SUBJECTS.get(rule.subject, escape(rule.subject))} "
+             f"(subject ``{rule.subject}``)",
+             f":Requires: ``{json.dumps(rule.require)}``",
+             f":Article: :ref:`{rule.id}`" if has_article else ":Article: (missing)", "",
+             *rule.statement.strip().splitlines(), "",
+             f"**Message:** {template(rule.message)}", "",
+             f"**Remediation:** {template(rule.remediation)}", ""]
+    for number, example in enumerate(rule.examples, 1):
+        names = ", ".join(map(_name, example.bitmaps)) or "every bitmap"
+        verdict = "passes" if example.expect == "pass" else "fails" + (
+            f", findings at layers {', '.join(map(str, example.layers))}"
+            if example.layers is not None else "")
+        command = "kbrules check" + "".join(f" --bitmap={_word(n)}" for n in example.bitmaps)
+        lines += [f".. rubric:: Example {number}: {verdict} ({names})", "",
+                  "Input:", "", *_code("json", json.dumps(example.input, indent=2, ensure_ascii=False)),
+                  f"What ``{command}`` says about it, this rule alone:" if _plain(command)
+                  else f"What {escape(command)} says about it, this rule alone:", "",
+                  *_code("text", example_report(rule, example.bitmaps, example.input))]
+    return lines
+
+
+def _plain(text: str) -> bool:
+    """Text that can stand in an inline literal as it is."""
+    return bool(text) and "`" not in text and text == text.strip()
+
+
+def _name(name: str) -> str:
+    """A bitmap name in running text: a literal, or as JSON when it cannot be one."""
+    return f"``{name}``" if _plain(name) else escape(json.dumps(name, ensure_ascii=False))
+
+
+def _word(name: str) -> str:
+    """A bitmap name as one shell word."""
+    return name if re.fullmatch(r"[\w.@%+=:,/-]+", name) else sh_quote(name)
+
+
+def rules_reference(paths: Sequence[Path], articles: Optional[set[str]] = None,
+                    level: int = 0) -> str:
+    """Every rule of these files: one section per file, one per rule. Links go to the
+    articles whose stems are in `articles` (default: all)."""
+    lines: list[str] = []
+    for path in paths:
+        has_article = articles is None or path.stem in articles
+        stated = (f"stated in :doc:`/{ARTICLES}/{path.stem}`" if has_article
+                  else f"its article ``{ARTICLES}/{path.stem}.rst`` is missing")
+        lines += [f".. _reference-rules-{path.stem}:", "",
+                  *heading(f"{escape(_title_of(path))}", level),
+                  f"From ``rules/{path.name}``; {stated}.", ""]
+        for rule in load(path):
+            lines += rule_reference(rule, level + 1, has_article)
+    return "\n".join(lines)
+
+
+def _title_of(path: Path) -> str:
+    import yaml
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return str(data.get("title", path.stem)) if isinstance(data, dict) else path.stem
+
+
+# The command line reference --------------------------------------------------------------
+
+def cli_parser() -> argparse.ArgumentParser:
+    """The parser kbrules itself uses, as engine.cli builds it."""
+    from . import cli
+
+    for name in ("parser", "build_parser", "make_parser", "_parser"):
+        found = getattr(cli, name, None)
+        if isinstance(found, argparse.ArgumentParser):
+            return found
+        if callable(found):
+            made = found()
+            if isinstance(made, argparse.ArgumentParser):
+                return made
+    raise LookupError("engine.cli has no argparse parser (looked for parser(), _parser())")
+
+
+def _formatter(parser: argparse.ArgumentParser) -> argparse.HelpFormatter:
+    return parser.formatter_class(prog=parser.prog, width=80)
+
+
+def _usage(parser: argparse.ArgumentParser) -> str:
+    f = _formatter(parser)
+    f.add_usage(parser.usage, parser._actions, parser._mutually_exclusive_groups)
+    return f.format_help().strip()
+
+
+def _paragraphs(text: Optional[str]) -> list[str]:
+    if not text:
+        return []
+    return [line for p in re.split(r"\n\s*\n", text.strip()) for line in (escape(p), "")]
+
+
+def subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argparse.ArgumentParser]]:
+    """(name, help, parser) of each subcommand, in the order they were added."""
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help or "" for a in action._choices_actions}
+            seen: set[int] = set()
+            for name, sub in action.choices.items():
+                if id(sub) not in seen:  # aliases share one parser
+                    seen.add(id(sub))
+                    out.append((name, helps.get(name, ""), sub))
+    return out
+
+
+def arguments(parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
+    """(invocation, help) of each documented argument and option, as --help shows them."""
+    f = _formatter(parser)
+    out = []
+    for action in parser._actions:
+        if action.help == argparse.SUPPRESS or isinstance(action, argparse._SubParsersAction):
+            continue
+        text = f._expand_help(action) if action.help else ""
+        if action.choices and action.metavar is not None:  # else the invocation shows them
+            text += f" (one of: {', '.join(map(str, action.choices))})"
+        out.append((f._format_action_invocation(action), text.strip()))
+    return out
+
+
+def cli_reference(parser: Optional[argparse.ArgumentParser] = None, level: int = 0) -> str:
+    """Every command and option of kbrules, from its argparse parser."""
+    return "\n".join(_command(parser or cli_parser(), level, ""))
+
+
+def _command(parser: argparse.ArgumentParser, level: int, summary: str) -> list[str]:
+    label = "cli-" + "-".join(parser.prog.split()[1:] or ["kbrules"])
+    lines = [f".. _{label}:", "", *heading(f"``{parser.prog}``", level)]
+    if summary:
+        lines += [escape(summary[0].upper() + summary[1:]) + ".", ""]
+    lines += _paragraphs(parser.description)
+    lines += _code("text", _usage(parser))
+    args = arguments(parser)
+    if args:
+        lines += [".. rubric:: Arguments and options", ""]
+        for invocation, text in args:
+            lines += [f"``{invocation}``", *_indent([escape(text) or "(no description)"]), ""]
+    subs = subcommands(parser)
+    if subs:
+        lines += [".. rubric:: Commands", ""]
+        lines += [f"- :ref:`{sub.prog} <cli-{'-'.join(sub.prog.split()[1:])}>`: {escape(h)}"
+                  for _, h, sub in subs] + [""]
+    if parser.epilog:
+        lines += _code("text", parser.epilog.rstrip())
+    for _, text, sub in subs:
+        lines += _command(sub, level + 1, text)
+    return lines
+
+
+# Which rules an article names ------------------------------------------------------------
+
+_DIRECTIVE = re.compile(r"^\s*\.\.\s+kbrules-rule::\s*(\S+)", re.M)
+_ROLE = re.compile(r":rule:`([^`<]+?)`")
+
+
+def rules_shown(rst: str) -> list[str]:
+    """Rule ids an article renders with the kbrules-rule directive, in order."""
+    return _DIRECTIVE.findall(rst)
+
+
+def rules_named(rst: str) -> set[str]:
+    """Every rule id an article refers to: the directives and the :rule: roles."""
+    return set(rules_shown(rst)) | {m.strip() for m in _ROLE.findall(rst)}

@@ -1,0 +1,169 @@
+"""Sphinx extension: the rules and the command line, rendered from their one source.
+
+- ``.. kbrules-rule:: ID`` in ``docs/kbase/<stem>.rst``: the section of rule ID of
+  ``rules/<stem>.yaml`` (title, severity, statement), then the directive's own content
+  (the article's words), then what kbrules reports when it fails and what to do. Its
+  anchor is the rule id.
+- ``:rule:`ID``` links to that section.
+- ``.. kbrules-rules-reference:: [STEM...]``: every rule of those rules files (default:
+  all) with its examples' inputs and outputs.
+- ``.. kbrules-cli::``: every command and option, read from engine.cli's parser.
+
+The build warns (an error under ``-W``) when an article leaves one of its rules out,
+names a rule that its rules file lacks, or a rules file has no article.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from docutils import nodes
+from sphinx import addnodes
+from sphinx.application import Sphinx
+from sphinx.environment import BuildEnvironment
+from sphinx.util import logging
+from sphinx.util.docutils import SphinxDirective, SphinxRole
+from sphinx.util.parsing import nested_parse_to_nodes
+
+from . import docgen
+from .errors import KbrulesError
+from .examples import check_example
+from .rules import Rule, load
+
+logger = logging.getLogger(__name__)
+
+SHOWN = "kbrules_rules_shown"  # env attribute: docname -> rule ids rendered there
+
+
+def _stem(docname: str) -> Optional[str]:
+    """The article stem of a document in docs/kbase/, else None."""
+    path = Path(docname)
+    return path.name if str(path.parent) == docgen.ARTICLES else None
+
+
+def _load(path: Path) -> list[Rule]:
+    """The rules of one file; a broken file is a warning (an error under -W)."""
+    try:
+        return load(path)
+    except KbrulesError as e:
+        logger.warning("%s", e)
+        return []
+
+
+def _rules_of(stem: str) -> dict[str, Rule]:
+    path = docgen.rules_file(stem)
+    return {r.id: r for r in _load(path)} if path.is_file() else {}
+
+
+def _all_ids() -> set[str]:
+    return {r.id for path in docgen.rule_files() for r in _load(path)}
+
+
+class RuleDirective(SphinxDirective):
+    required_arguments = 1
+    has_content = True
+
+    def run(self) -> list[nodes.Node]:
+        rule_id = self.arguments[0]
+        stem = _stem(self.env.docname)
+        rules = _rules_of(stem) if stem else {}
+        if rule_id not in rules:
+            where = f"rules/{stem}.yaml" if stem else "(kbrules-rule belongs in docs/kbase/<stem>.rst)"
+            logger.warning("kbrules-rule: no rule %r in %s", rule_id, where, location=self.get_location())
+            return []
+        rule = rules[rule_id]
+        self.env.note_dependency(rule.source)  # a changed rules file rebuilds the article
+        getattr(self.env, SHOWN).setdefault(self.env.docname, []).append(rule_id)
+        source = f"{rule.source} (rule {rule.id})"
+        out = nested_parse_to_nodes(self.state, docgen.rule_head(rule), source=source)
+        section = next(n for n in out if isinstance(n, nodes.section))
+        self.state.nested_parse(self.content, self.content_offset, section)
+        section += nested_parse_to_nodes(self.state, docgen.rule_tail(rule), source=source)
+        return out
+
+
+class RuleRole(SphinxRole):
+    def run(self) -> tuple[list[nodes.Node], list[nodes.system_message]]:
+        rule_id = self.text.strip()
+        shown = nodes.literal(rule_id, rule_id)
+        if rule_id not in _all_ids():
+            logger.warning(":rule: no rule %r in rules/*.yaml", rule_id, location=self.get_location())
+            return [shown], []
+        ref = addnodes.pending_xref("", shown, refdomain="std", reftype="ref", reftarget=rule_id,
+                                    refexplicit=True, refwarn=True)
+        return [ref], []
+
+
+class RulesReference(SphinxDirective):
+    optional_arguments = 20
+
+    def run(self) -> list[nodes.Node]:
+        paths = [docgen.rules_file(s) for s in self.arguments] or docgen.rule_files()
+        for path in paths:
+            self.env.note_dependency(str(path))
+            rules = _load(path)
+            if not rules:
+                return []
+            for rule in rules:
+                for number, example in enumerate(rule.examples, 1):
+                    problem = check_example(rule, example, number)
+                    if problem:
+                        logger.warning("%s", problem, location=self.get_location())
+        articles = {p.stem for p in paths if f"{docgen.ARTICLES}/{p.stem}" in self.env.found_docs}
+        text = docgen.rules_reference(paths, articles)
+        return nested_parse_to_nodes(self.state, text, source="rules reference (from rules/*.yaml)")
+
+
+class CliReference(SphinxDirective):
+    def run(self) -> list[nodes.Node]:
+        from . import cli
+
+        self.env.note_dependency(cli.__file__)  # rebuilt when the parser changes
+        return nested_parse_to_nodes(self.state, docgen.cli_reference(),
+                                     source="command line reference (from engine.cli)")
+
+
+def _init(app: Sphinx, env: BuildEnvironment, docnames: list[str]) -> None:
+    if not hasattr(env, SHOWN):
+        setattr(env, SHOWN, {})
+
+
+def _purge(app: Sphinx, env: BuildEnvironment, docname: str) -> None:
+    getattr(env, SHOWN, {}).pop(docname, None)
+
+
+def _merge(app: Sphinx, env: BuildEnvironment, docnames: Any, other: BuildEnvironment) -> None:
+    getattr(env, SHOWN).update(getattr(other, SHOWN, {}))
+
+
+def _check(app: Sphinx, env: BuildEnvironment) -> None:
+    """Each rules file has its article, and each article shows each of its rules once."""
+    shown: dict[str, list[str]] = getattr(env, SHOWN, {})
+    for path in docgen.rule_files():
+        docname = f"{docgen.ARTICLES}/{path.stem}"
+        if docname not in env.found_docs:
+            logger.warning("rules/%s has no article %s.rst", path.name, docname)
+            continue
+        ids = [r.id for r in _load(path)]
+        have = shown.get(docname, [])
+        for rule_id in ids:
+            if rule_id not in have:
+                logger.warning("rule %s of rules/%s is not shown in its article "
+                               "(.. kbrules-rule:: %s)", rule_id, path.name, rule_id,
+                               location=docname)
+        for rule_id in {i for i in have if have.count(i) > 1}:
+            logger.warning("rule %s is shown twice", rule_id, location=docname)
+
+
+def setup(app: Sphinx) -> dict[str, Any]:
+    app.add_directive("kbrules-rule", RuleDirective)
+    app.add_directive("kbrules-rules-reference", RulesReference)
+    app.add_directive("kbrules-cli", CliReference)
+    app.add_role("rule", RuleRole())
+    app.connect("env-before-read-docs", _init)
+    app.connect("env-purge-doc", _purge)
+    app.connect("env-merge-info", _merge)
+    app.connect("env-check-consistency", _check)
+    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
+

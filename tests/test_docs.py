@@ -1,0 +1,232 @@
+"""The docs: every rule is stated in its article and only real rules are named there,
+the reference pages cover every rule and every command, and the article harness
+(docs/conftest.py) really fails when an output differs, and cleans up when it does."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Optional
+
+import pytest
+
+from engine import docgen
+from engine.rules import load
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTICLES = ROOT / "docs" / "kbase"
+HARNESS = ROOT / "docs" / "conftest.py"
+RULE_FILES = sorted((ROOT / "rules").glob("*.yaml"))
+ARTICLE_FILES = sorted(ARTICLES.glob("*.rst"))
+
+
+def _harness() -> ModuleType:
+    """docs/conftest.py, imported as a module of its own."""
+    name = "kbrules_docs_harness"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, HARNESS)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+# Rules and their articles --------------------------------------------------------------
+
+@pytest.mark.parametrize("rules", RULE_FILES, ids=[p.stem for p in RULE_FILES])
+def test_every_rule_is_stated_in_its_article(rules: Path) -> None:
+    article = ARTICLES / f"{rules.stem}.rst"
+    assert article.is_file(), f"rules/{rules.name} has no article docs/kbase/{article.name}"
+    shown = docgen.rules_shown(article.read_text(encoding="utf-8"))
+    ids = [r.id for r in load(rules)]
+    missing = [i for i in ids if i not in shown]
+    assert not missing, f"{article.name} lacks '.. kbrules-rule::' for {missing}"
+    assert len(shown) == len(set(shown)), f"{article.name} shows a rule twice: {shown}"
+
+
+@pytest.mark.parametrize("article", ARTICLE_FILES, ids=[p.stem for p in ARTICLE_FILES])
+def test_articles_name_only_rules_that_exist(article: Path) -> None:
+    text = article.read_text(encoding="utf-8")
+    own = {r.id for r in load(ROOT / "rules" / f"{article.stem}.yaml")}
+    every = {r.id for p in RULE_FILES for r in load(p)}
+    strangers = [i for i in docgen.rules_shown(text) if i not in own]
+    assert not strangers, f"{article.name} shows rules not in rules/{article.stem}.yaml: {strangers}"
+    unknown = sorted(docgen.rules_named(text) - every)
+    assert not unknown, f"{article.name} names rules that do not exist: {unknown}"
+
+
+def test_rule_names_are_found_in_an_article() -> None:
+    text = ".. kbrules-rule:: a-rule\n\n   text :rule:`b-rule` and :rule:`a-rule`\n"
+    assert docgen.rules_shown(text) == ["a-rule"]
+    assert docgen.rules_named(text) == {"a-rule", "b-rule"}
+
+
+# Reference pages -------------------------------------------------------------------------
+
+def test_rules_reference_covers_every_rule_and_example() -> None:
+    text = docgen.rules_reference(RULE_FILES)
+    for path in RULE_FILES:
+        for rule in load(path):
+            assert f".. _reference-{rule.id}:" in text
+            assert rule.statement.strip().splitlines()[0] in text
+            for number in range(1, len(rule.examples) + 1):
+                assert re.search(rf"Example {number}: (passes|fails)", text)
+    # The output shown for a failing example is what kbrules says: its finding.
+    assert "bitmap 'a' is not in the top image top.qcow2" in text
+
+
+def _commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    return [parser] + [p for _, _, sub in docgen.subcommands(parser) for p in _commands(sub)]
+
+
+def test_cli_reference_covers_every_command_and_option() -> None:
+    # Read from the parser kbrules runs, so commands added later are covered too.
+    parser = docgen.cli_parser()
+    text = docgen.cli_reference(parser)
+    commands = _commands(parser)
+    assert {"kbrules", "kbrules check", "kbrules jq"} <= {p.prog for p in commands}
+    for command in commands:
+        assert f"``{command.prog}``" in text
+        for action in command._actions:
+            if action.help == argparse.SUPPRESS or isinstance(action, argparse._SubParsersAction):
+                continue
+            for name in action.option_strings or [action.metavar or action.dest]:
+                assert name in text, f"{command.prog}: {name} is not in the CLI reference"
+
+
+def test_cli_reference_follows_the_parser() -> None:
+    parser = argparse.ArgumentParser(prog="kbrules")
+    sub = parser.add_subparsers(dest="command")
+    new = sub.add_parser("frobnicate", help="a command added later")
+    new.add_argument("--level", choices=("a", "b"), metavar="L", help="how much")
+    text = docgen.cli_reference(parser)
+    assert "``kbrules frobnicate``" in text and "A command added later." in text
+    assert "``--level L``" in text and "how much (one of: a, b)" in text
+
+
+def test_escape_keeps_text_as_it_is() -> None:
+    assert docgen.escape("a *b* `c` d_ |e| \\") == "a \\*b\\* \\`c\\` d\\_ \\|e\\| \\\\"
+    assert docgen.escape("- not a list") == "\\- not a list"
+
+
+# The harness -----------------------------------------------------------------------------
+
+def test_output_comparison() -> None:
+    h = _harness()
+    assert h.compare('{"a": 1, "b": [true]}', '{"b":[true],"a":1}') is None  # values, not layout
+    assert h.compare('{"a": 1}', '{"a": 1.5}') is not None
+    assert h.compare('{"a": 1}', '{"a": true}') is not None  # no bool/int confusion
+    assert h.compare('{"a": 1}\nexit 1', '{"a":1}\nexit 1\n') is None  # JSON, then text
+    assert h.compare('{"a": 1}\nexit 1', '{"a":1}\nexit 2') is not None
+    assert h.compare('"x"\n"y"', '"x"\n"y"\n') is None  # a stream of values
+    assert h.compare('{"s": <size>}', '{"s": 208896}') is None
+    assert h.compare('{"s": <size>}', '{"s": "big"}') is not None
+    assert h.compare('{"s": "<size>"}', '{"s": 1}') is not None  # only a bare <size>
+    assert h.compare("disk size: <size>", "disk size: 204 KiB") is None
+    assert h.compare("end offset: <size>", "end offset: 589824") is None
+    assert h.compare("end offset: <size>", "end offset: unknown") is not None
+    assert h.compare("a  \n\nb", "a\n\nb   \n") is None  # spaces at line ends
+    assert h.compare("a\nb", "a\n\nb") is not None  # but not blank lines inside
+
+
+def _article_commands(path: Path) -> tuple[int, int]:
+    """(console commands, Python examples) that the harness finds in an article."""
+    from sybil import Document
+
+    h = _harness()
+    document = Document.parse(str(path), h.parse_console, h.PythonSessions())
+    examples = list(document.examples())
+    return (sum(isinstance(e.parsed, h.Command) for e in examples),
+            sum(isinstance(e.region.evaluator, h.InArticleDir) for e in examples))
+
+
+@pytest.mark.parametrize("article", ARTICLE_FILES, ids=[p.stem for p in ARTICLE_FILES])
+def test_article_has_live_examples(article: Path) -> None:
+    commands, python = _article_commands(article)
+    assert commands >= 8 and python >= 1, (commands, python)
+
+
+def _run_copy(tmp_path: Path, change: tuple[str, str]) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Run a copy of the article, with one expected output changed, the way CI runs it,
+    stopping at the first failure; every temp file goes to a directory of our own."""
+    text = (ARTICLES / "incremental-backup.rst").read_text(encoding="utf-8")
+    old, new = change
+    assert text.count(old) == 1, old
+    (tmp_path / "docs" / "kbase").mkdir(parents=True)
+    (tmp_path / "docs" / "kbase" / "incremental-backup.rst").write_text(text.replace(old, new))
+    shutil.copy(HARNESS, tmp_path / "docs" / "conftest.py")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:doctest",
+         "docs/kbase/incremental-backup.rst"],
+        cwd=tmp_path, env={**os.environ, "TMPDIR": str(temp)}, capture_output=True, text=True,
+        timeout=300)
+    return done, temp
+
+
+def _line_of(text: str, needle: str) -> int:
+    return text[: text.index(needle)].count("\n") + 1
+
+
+CHANGES = {
+    # One value in a JSON output.
+    "json": ('   $ qemu-img info --output=json base.qcow2 | jq -c \'.["format-specific"].data.bitmaps // [] | .[]\'\n'
+             '   {"flags":["auto"],"name":"daily","granularity":65536}',
+             '   $ qemu-img info --output=json base.qcow2 | jq -c \'.["format-specific"].data.bitmaps // [] | .[]\'\n'
+             '   {"flags":["auto"],"name":"daily","granularity":65537}'),
+    # One word in a text output.
+    "text": ("   daily   yes    -                   -      -\n\n   1 bitmap checked: 1 valid, 0 not valid\n\n\n"
+             "Breaking the chain",
+             "   daily   NO     -                   -      -\n\n   1 bitmap checked: 1 valid, 0 not valid\n\n\n"
+             "Breaking the chain"),
+    # An exit status the article no longer shows.
+    "exit": ('   $ kbrules check mid.qcow2 --bitmap daily; echo "exit $?"',
+             "   $ kbrules check mid.qcow2 --bitmap daily"),
+}
+
+
+@pytest.mark.parametrize("kind", CHANGES)
+def test_a_changed_output_fails_the_run(tmp_path: Path, kind: str) -> None:
+    done, temp = _run_copy(tmp_path, CHANGES[kind])
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert "1 failed" in out and "passed" in out, out
+    changed = (tmp_path / "docs" / "kbase" / "incremental-backup.rst").read_text()
+    command = CHANGES[kind][1].splitlines()[0]
+    failing = _line_of(changed, command.strip()) if kind != "text" else None
+    if failing:
+        assert f"incremental-backup.rst::line:{failing}," in out, out
+    assert {"json": "65537", "text": "-daily   NO", "exit": "exited 1"}[kind] in out, out
+    assert not list(temp.iterdir()), "the article left files behind"
+
+
+def test_a_failure_while_a_server_runs_leaves_nothing_behind(tmp_path: Path) -> None:
+    # Fail right after qemu-nbd started: the harness must stop it and remove everything.
+    change = ('   {"name":"daily","flags":["in-use","auto"]}\n\nkbrules refuses',
+              '   {"name":"daily","flags":["auto"]}\n\nkbrules refuses')
+    done, temp = _run_copy(tmp_path, change)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1 and "1 failed" in out, out
+    assert not list(temp.iterdir()), "the article left files behind"
+    assert not _processes_under(temp), "the article left a process running"
+
+
+def _processes_under(directory: Path) -> Optional[list[int]]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if str(directory) in cmdline:
+            found.append(int(pid))
+    return found
