@@ -1,4 +1,5 @@
-"""The command line: kbrules check. I/O lives here; everything it calls is pure."""
+"""The command line: kbrules check, jq, test, list, explain. I/O lives here; what it
+calls is pure, but for engine.qemu (which runs qemu-img)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from . import __version__, jqbackend
 from .errors import InputError, KbrulesError, UsageError
 from .evaluate import evaluate
 from .model import Chain
-from .normalize import normalize, parse_json
+from .normalize import UTF16_BOMS, normalize, parse_json
 from .qemu import read_image
 from .examples import ENGINES, check_example, load_checked
 from .report import explanation, show, table, to_dict, to_text
@@ -22,7 +23,6 @@ from .rules import Rule, load_all
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 QCOW2_MAGIC = b"QFI\xfb"
-UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 DESCRIPTION = """\
 Is this qcow2 backing chain fit for an incremental backup from bitmap X? kbrules
@@ -53,10 +53,11 @@ JQ_EPILOG = """\
 examples:
   kbrules jq > rules.jq
   qemu-img info --output=json --backing-chain top.qcow2 | jq -f rules.jq
-  jq -f rules.jq chain.json --args daily weekly      (only these bitmaps)
+  jq -f rules.jq chain.json --args -- daily weekly   (only these bitmaps)
   jq -f rules.jq qmp.json --arg top libvirt-1-format (QMP data of several disks)
 
-Put the input file before --args: every word after it is a bitmap name.
+Put the input file before --args: every word after it is a bitmap name ('--'
+keeps a name that starts with '-' from being read as an option).
 rules/*.jq in the source tree are these programs, generated per rules file."""
 
 
@@ -138,7 +139,7 @@ def _is_json_file(path: Path) -> bool:
         head = f.read(4096)
     if head.startswith(QCOW2_MAGIC):
         return False
-    if path.suffix.lower() == ".json" or head.startswith(UTF16_BOMS):  # text saved as UTF-16 (Windows tools): not an image
+    if path.suffix.lower() == ".json" or head.startswith(UTF16_BOMS):  # UTF-16 text: not an image
         return True
     return b"\0" not in head
 

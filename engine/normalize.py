@@ -20,6 +20,8 @@ FORMAT_DRIVERS = frozenset(
     {"qcow2", "raw", "qed", "vmdk", "vdi", "vpc", "vhdx", "luks", "parallels", "qcow",
      "dmg", "bochs", "cloop"})
 
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # text that Windows tools saved as UTF-16
+
 SHAPES = ("expected qemu-img info --output=json (an object, or with --backing-chain an "
           "array of objects with 'filename' and 'format') or QMP query-named-block-nodes "
           "(an array of nodes with 'node-name', or {\"return\": [...]})")
@@ -30,8 +32,7 @@ def parse_json(data: bytes, where: str) -> Any:
     try:
         text = data.decode("utf-8-sig")  # a leading UTF-8 BOM is skipped, as jq does
     except UnicodeDecodeError as e:
-        bom = ", a UTF-16 byte order mark: convert it to UTF-8" if data.startswith(
-            (b"\xff\xfe", b"\xfe\xff")) else ""
+        bom = ", a UTF-16 byte order mark: convert it to UTF-8" if data.startswith(UTF16_BOMS) else ""
         raise InputError(f"{where}: not UTF-8 text (byte {e.start}{bom}); {SHAPES}") from None
     if not text.strip():
         raise InputError(f"{where}: empty input; {SHAPES}")
