@@ -1,4 +1,6 @@
-"""The articles' examples run as tests: every ``docs/kbase/*.rst`` is collected by Sybil.
+"""The articles' examples run as tests: every ``docs/kbase/*.rst`` is collected by Sybil,
+and so is ``docs/contributing.rst``, whose worked example is a session like theirs
+(``PAGES`` below; "article" in what follows means any of these pages).
 
 Run one article alone with ``python3 -m pytest docs/kbase/incremental-backup.rst``; the
 plain ``python3 -m pytest -q`` runs them too (``testpaths`` in pyproject.toml).
@@ -169,12 +171,18 @@ def split_json(text: str, expected: bool = False) -> tuple[list[Any], str]:
         while pos < len(text) and text[pos].isspace():
             pos += 1
         if pos >= len(text) or text[pos] not in '{["':
-            return values, text[pos:]
+            return values, _text_after(text[pos:], expected)
         try:
             value, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError:
-            return values, text[pos:]
+            return values, _text_after(text[pos:], expected)
         values.append(value)
+
+
+def _text_after(rest: str, expected: bool) -> str:
+    """The text after the JSON values: a <size> in it that was taken for JSON (one
+    followed by more text) becomes the text placeholder again."""
+    return rest.replace(json.dumps(JSON_SIZE), SIZE) if expected else rest
 
 
 def json_match(expected: Any, actual: Any) -> bool:
@@ -313,9 +321,12 @@ def stop_leftovers(where: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+# The pages whose sessions run, relative to docs/.
+PAGES = ["kbase/*.rst", "contributing.rst"]
+
 pytest_collect_file = Sybil(
     parsers=[parse_console, PythonSessions()],
-    patterns=["kbase/*.rst"],
+    patterns=PAGES,
     setup=setup,
     teardown=teardown,
 ).pytest()

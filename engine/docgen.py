@@ -264,3 +264,48 @@ def rules_shown(rst: str) -> list[str]:
 def rules_named(rst: str) -> set[str]:
     """Every rule id an article refers to: the directives and the :rule: roles."""
     return set(rules_shown(rst)) | {m.strip() for m in _ROLE.findall(rst)}
+
+
+# The rule vocabulary: subjects, facts, operations -----------------------------------------
+
+def _example_form(name: str, arity: int) -> str:
+    """How an operation is written in a rules file, as YAML flow text."""
+    if arity == 1:
+        return f"{{{name}: A}}"
+    if arity == 2:
+        return f"{{{name}: [A, B]}}"
+    return f"{{{name}: [A, B, ...]}}"
+
+
+def facts_reference(facts: Optional[dict[str, dict[str, str]]] = None,
+                    layer_fields: Optional[Sequence[str]] = None) -> str:
+    """Every subject a rule can be checked on, with its facts, from engine.subjects.FACTS
+    (so the list follows the code), and the layer fields that templates may also name."""
+    from .subjects import FACTS, LAYER_FIELDS
+
+    facts = FACTS if facts is None else facts
+    layer_fields = LAYER_FIELDS if layer_fields is None else layer_fields
+    lines: list[str] = []
+    for subject, table in facts.items():
+        what = SUBJECTS.get(subject)
+        lines += [f".. rubric:: ``subject: {subject}``" + (f": {escape(what)}" if what else ""), ""]
+        lines += [f"- ``{fact}``: {escape(meaning)}" for fact, meaning in table.items()] + [""]
+    if layer_fields:
+        names = [f"``{{{f}}}``" for f in layer_fields]
+        listed = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+        lines += ["Besides its subject's facts, a message or remediation may name "
+                  f"{listed} of the layer the finding is about. ``{{fact|sh}}`` quotes the "
+                  "value as one word for a POSIX shell; ``{{`` and ``}}`` are literal braces.", ""]
+    return "\n".join(lines)
+
+
+def ops_reference(table: Optional[dict[str, Any]] = None) -> str:
+    """Every operation of a rule's ``require`` and ``at``, from engine.ops.OPS."""
+    from . import ops
+
+    table = ops.OPS if table is None else table
+    lines = [f"- ``{{{ops.FIELD}: NAME}}``: the value of the subject's fact NAME",
+             "- a literal (string, number, ``true``, ``false``, ``null``): itself"]
+    for op in table.values():
+        lines.append(f"- ``{_example_form(op.name, op.arity)}``: {escape(op.doc)}")
+    return "\n".join(lines + [""])

@@ -8,6 +8,9 @@
 - ``.. kbrules-rules-reference:: [STEM...]``: every rule of those rules files (default:
   all) with its examples' inputs and outputs.
 - ``.. kbrules-cli::``: every command and option, read from engine.cli's parser.
+- ``.. kbrules-facts::``: every subject a rule is checked on and its facts, read from
+  engine.subjects.FACTS; ``.. kbrules-ops::``: every operation of a rule's checks, read
+  from engine.ops.OPS (the contributor page: they never drift from the code).
 
 The build warns (an error under ``-W``) when an article leaves one of its rules out,
 names a rule that its rules file lacks, or a rules file has no article.
@@ -124,6 +127,24 @@ class CliReference(SphinxDirective):
                                      source="command line reference (from engine.cli)")
 
 
+class FactsReference(SphinxDirective):
+    def run(self) -> list[nodes.Node]:
+        from . import subjects
+
+        self.env.note_dependency(subjects.__file__)  # rebuilt when the facts change
+        return nested_parse_to_nodes(self.state, docgen.facts_reference(),
+                                     source="subjects and facts (from engine.subjects)")
+
+
+class OpsReference(SphinxDirective):
+    def run(self) -> list[nodes.Node]:
+        from . import ops
+
+        self.env.note_dependency(ops.__file__)  # rebuilt when the vocabulary changes
+        return nested_parse_to_nodes(self.state, docgen.ops_reference(),
+                                     source="operations (from engine.ops)")
+
+
 def _init(app: Sphinx, env: BuildEnvironment, docnames: list[str]) -> None:
     if not hasattr(env, SHOWN):
         setattr(env, SHOWN, {})
@@ -160,6 +181,8 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("kbrules-rule", RuleDirective)
     app.add_directive("kbrules-rules-reference", RulesReference)
     app.add_directive("kbrules-cli", CliReference)
+    app.add_directive("kbrules-facts", FactsReference)
+    app.add_directive("kbrules-ops", OpsReference)
     app.add_role("rule", RuleRole())
     app.connect("env-before-read-docs", _init)
     app.connect("env-purge-doc", _purge)

@@ -25,6 +25,8 @@ ARTICLES = ROOT / "docs" / "kbase"
 HARNESS = ROOT / "docs" / "conftest.py"
 RULE_FILES = sorted((ROOT / "rules").glob("*.yaml"))
 ARTICLE_FILES = sorted(ARTICLES.glob("*.rst"))
+CONTRIBUTING = ROOT / "docs" / "contributing.rst"
+LIVE_PAGES = [*ARTICLE_FILES, CONTRIBUTING]  # every page whose sessions run as tests
 
 
 def _harness() -> ModuleType:
@@ -112,6 +114,35 @@ def test_cli_reference_follows_the_parser() -> None:
     assert "``--level L``" in text and "how much (one of: a, b)" in text
 
 
+def test_vocabulary_reference_covers_every_fact_and_operation() -> None:
+    from engine.ops import OPS
+    from engine.subjects import FACTS, LAYER_FIELDS
+
+    facts = docgen.facts_reference()
+    for subject, table in FACTS.items():
+        assert f"``subject: {subject}``" in facts
+        for fact in table:
+            assert f"- ``{fact}``: " in facts, (subject, fact)
+    for field in LAYER_FIELDS:
+        assert f"``{{{field}}}``" in facts
+    operations = docgen.ops_reference()
+    for name in ["field", *OPS]:
+        assert f"- ``{{{name}: " in operations, name
+
+
+def test_vocabulary_reference_follows_the_tables() -> None:
+    from engine.ops import Op
+
+    text = docgen.facts_reference({"disk": {"size": "how *big* it is"}}, ("filename",))
+    assert "``subject: disk``" in text and "- ``size``: how \\*big\\* it is" in text
+    assert "``{filename}`` of the layer" in text
+    odd = Op("odd", "true for an odd number", 1, lambda a: a % 2 == 1, lambda t: f"({t[0]} % 2 == 1)")
+    some = Op("some", "true when one is", 0, lambda *a: any(a), lambda t: "")
+    text = docgen.ops_reference({"odd": odd, "some": some})
+    assert "- ``{odd: A}``: true for an odd number" in text
+    assert "- ``{some: [A, B, ...]}``: true when one is" in text
+
+
 def test_escape_keeps_text_as_it_is() -> None:
     assert docgen.escape("a *b* `c` d_ |e| \\") == "a \\*b\\* \\`c\\` d\\_ \\|e\\| \\\\"
     assert docgen.escape("- not a list") == "\\- not a list"
@@ -133,6 +164,8 @@ def test_output_comparison() -> None:
     assert h.compare("disk size: <size>", "disk size: 204 KiB") is None
     assert h.compare("end offset: <size>", "end offset: 589824") is None
     assert h.compare("end offset: <size>", "end offset: unknown") is not None
+    assert h.compare("end offset: <size>\nexit 2", "end offset: 393216\nexit 2") is None  # text goes on
+    assert h.compare('{"s": <size>}\noffset: <size>\nexit 1', '{"s": 1}\noffset: 2 KiB\nexit 1') is None
     assert h.compare("a  \n\nb", "a\n\nb   \n") is None  # spaces at line ends
     assert h.compare("a\nb", "a\n\nb") is not None  # but not blank lines inside
 
@@ -148,10 +181,25 @@ def _article_commands(path: Path) -> tuple[int, int]:
             sum(isinstance(e.region.evaluator, h.InArticleDir) for e in examples))
 
 
-@pytest.mark.parametrize("article", ARTICLE_FILES, ids=[p.stem for p in ARTICLE_FILES])
-def test_article_has_live_examples(article: Path) -> None:
-    commands, python = _article_commands(article)
-    assert commands >= 8 and python >= 1, (commands, python)
+@pytest.mark.parametrize("page", LIVE_PAGES, ids=[p.stem for p in LIVE_PAGES])
+def test_article_has_live_examples(page: Path) -> None:
+    commands, python = _article_commands(page)
+    assert commands >= 8, (commands, python)
+    if page.parent == ARTICLES:  # an article also shows kbrules as a library
+        assert python >= 1, (commands, python)
+
+
+@pytest.mark.parametrize("page", LIVE_PAGES, ids=[p.stem for p in LIVE_PAGES])
+def test_the_harness_runs_every_live_page(page: Path) -> None:
+    # Sybil collects a page when its path, relative to docs/, matches one of PAGES.
+    relative = page.relative_to(ROOT / "docs")
+    assert any(relative.match(pattern) for pattern in _harness().PAGES), relative
+
+
+def test_contributing_page_lists_the_vocabulary_from_the_code() -> None:
+    text = CONTRIBUTING.read_text(encoding="utf-8")
+    assert ".. kbrules-facts::" in text and ".. kbrules-ops::" in text
+    assert "kbrules test my-rules.yaml" in text and "kbrules jq --rules my-rules.yaml" in text
 
 
 def _run_copy(tmp_path: Path, change: tuple[str, str]) -> tuple[subprocess.CompletedProcess[str], Path]:
