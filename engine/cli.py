@@ -325,7 +325,7 @@ def test_rules(args: argparse.Namespace) -> int:
               f"({len(rule.examples)} examples x {', '.join(ENGINES)})")
         for problem in problems:
             print(f"        {show(problem)}")
-    print(f"{len(rules)} rules, {runs} runs: {runs - failed} passed, {failed} failed")
+    print(f"{len(rules)} rule{'s' if len(rules) != 1 else ''}, {runs} runs: {runs - failed} passed, {failed} failed")
     return EXIT_FINDINGS if failed else EXIT_OK
 
 

@@ -67,8 +67,9 @@ def to_text(report: Report) -> str:
     else:
         rows = [["BITMAP", "VALID", "FIRST FAILING RULE", "LAYER", "FILE"]]
         for v in report.bitmaps:
-            first = v.findings[0] if v.findings else None
-            rows.append([show(v.name, 40), "yes" if v.valid else "NO",
+            # Findings come errors first: a warning alone does not fail the bitmap.
+            first = v.findings[0] if v.findings and v.findings[0].severity == "error" else None
+            rows.append([show(v.name, 40) or '""', "yes" if v.valid else "NO",
                          first.rule if first else "-", str(first.layer) if first else "-",
                          show(first.filename, 60) if first else "-"])
         out += table(rows)
@@ -79,9 +80,16 @@ def to_text(report: Report) -> str:
         for f, about in findings:
             out += _finding_lines(f, about)
     valid = sum(v.valid for v in report.bitmaps)
-    out += ["", f"{len(report.bitmaps)} bitmap{'s' if len(report.bitmaps) != 1 else ''} checked: "
-                f"{valid} valid, {len(report.bitmaps) - valid} not valid"]
+    summary = f"{_count(len(report.bitmaps), 'bitmap')} checked: {valid} valid, {len(report.bitmaps) - valid} not valid"
+    errors = sum(f.severity == "error" for f in report.findings)
+    if report.findings:
+        summary += f"; {_count(len(report.findings), 'chain finding')} ({_count(errors, 'error')})"
+    out += ["", summary]
     return "\n".join(out)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def explanation(rule: Rule) -> str:
@@ -93,7 +101,9 @@ def explanation(rule: Rule) -> str:
            "", "message:     " + rule.message.text, "remediation: " + rule.remediation.text,
            "", "examples:"]
     for number, example in enumerate(rule.examples, 1):
-        names = ", ".join(map(repr, example.bitmaps)) or "every bitmap"
-        at = f", findings at layers {list(example.layers)}" if example.layers is not None else ""
-        out.append(f"  #{number} {example.expect} ({names}{at}): {show(json.dumps(example.input), 200)}")
+        names = ", ".join(map(repr, example.bitmaps)) or ("every bitmap" if rule.subject != "layer" else "")
+        at = f"findings at layers {list(example.layers)}" if example.layers is not None else ""
+        details = ", ".join(d for d in (names, at) if d)
+        about = f" ({details})" if details else ""
+        out.append(f"  #{number} {example.expect}{about}: {show(json.dumps(example.input), 200)}")
     return "\n".join(out)

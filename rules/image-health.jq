@@ -136,7 +136,7 @@ def kb_report($args):
     | (.["layer"]) as $at | kb_context($chain; $at) as $c
     | { rule: "backing-format-probed", severity: "error", layer: $at,
         filename: $c.filename, message: ($c | "layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ") names its backing file " + (.["backing"] | tostring) + " without a format: QEMU would probe it, and libvirt refuses the chain"),
-        remediation: ($c | "Record the format without touching any data: qemu-img rebase -u -F " + (.["below_format"] | tostring) + " -b " + (.["backing_recorded"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " (the format shown is what qemu-img probed; make sure it is the real one)."), caveat: null,
+        remediation: ($c | "Record the format without touching any data: qemu-img rebase -u -F " + (.["below_format"] | tostring) + " -b " + (.["backing_recorded"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " (the format shown is what qemu-img probed; make sure it is the real one)."), caveat: null,
         si: 0, ri: 2, name: null } ),
     ( $S["bitmap"][] | select((.["granularities"] <= 1) | kb_truthy | not)
     | (.["first_layer"]) as $at | kb_context($chain; $at) as $c
@@ -160,7 +160,7 @@ def kb_report($args):
     | (.["layer"]) as $at | kb_context($chain; $at) as $c
     | { rule: "layer-cannot-hold-bitmaps", severity: "info", layer: $at,
         filename: $c.filename, message: ($c | "layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ") cannot store persistent bitmaps (only qcow2 with compat 1.1 can): the bitmaps of the layers above end above it"),
-        remediation: ($c | "Nothing to fix. To let bitmaps reach this layer, upgrade a qcow2 v2 image in place (qemu-img amend -o compat=1.1 " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ") or convert a raw one to qcow2 (qemu-img convert -O qcow2)."), caveat: null,
+        remediation: ($c | "Nothing to fix. To let bitmaps reach this layer: if it is qcow2 v2, qemu-img amend -o compat=1.1 -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " upgrades it in place; a raw layer cannot be amended, only copied to qcow2 (qemu-img convert -f raw -O qcow2) with the layer above rebased onto the copy."), caveat: null,
         si: 2, ri: 6, name: null } ) ] as $F
 | (reduce ($F[] | select(.name != null)) as $f ({}; .[$f.name] += [$f])) as $byname
 | { source: $chain.source,

@@ -137,7 +137,7 @@ def test_example_that_fails_its_rule(tmp_path: Path) -> None:
                           f"finding, got findings at layers [0] (python)\n"
     run = kbrules("test", str(path))
     assert run.code == 1
-    assert "FAIL  demo-rule" in run.out and run.out.splitlines()[-1] == "1 rules, 4 runs: 2 passed, 2 failed"
+    assert "FAIL  demo-rule" in run.out and run.out.splitlines()[-1] == "1 rule, 4 runs: 2 passed, 2 failed"
 
 
 def test_ids_are_unique_across_files(tmp_path: Path) -> None:
