@@ -69,7 +69,8 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; the docs' CLI reference is generated from it."""
     top = _Parser(prog="kbrules", description=DESCRIPTION,
                   formatter_class=argparse.RawDescriptionHelpFormatter,
                   epilog="commands:\n  kbrules check --help    the checker's inputs and options\n"
@@ -351,7 +352,7 @@ COMMANDS = {"check": check, "jq": jq_program, "test": test_rules, "list": list_r
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
-        args = _parser().parse_args(argv)
+        args = build_parser().parse_args(argv)
         if args.command is None:
             raise UsageError("no command given: try kbrules check PATH (see kbrules --help)")
         return COMMANDS[args.command](args)

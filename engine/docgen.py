@@ -164,17 +164,9 @@ def _title_of(path: Path) -> str:
 
 def cli_parser() -> argparse.ArgumentParser:
     """The parser kbrules itself uses, as engine.cli builds it."""
-    from . import cli
+    from .cli import build_parser
 
-    for name in ("parser", "build_parser", "make_parser", "_parser"):
-        found = getattr(cli, name, None)
-        if isinstance(found, argparse.ArgumentParser):
-            return found
-        if callable(found):
-            made = found()
-            if isinstance(made, argparse.ArgumentParser):
-                return made
-    raise LookupError("engine.cli has no argparse parser (looked for parser(), _parser())")
+    return build_parser()
 
 
 def _formatter(parser: argparse.ArgumentParser) -> argparse.HelpFormatter:
