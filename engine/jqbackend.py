@@ -42,7 +42,7 @@ def kb_qemu_img:
       | ((.["format-specific"] // {}) | if .type == "qcow2" then (.data // {}) else null end) as $q
       | { layer: $i, filename: .filename, format: .format, node: null,
           bitmaps: [ ($q // {}) | (.bitmaps // [])[] | (.flags // []) as $f
-                     | { name: .name, recording: any($f[]; . == "auto"),
+                     | { name: .name, layer: $i, recording: any($f[]; . == "auto"),
                          inconsistent: any($f[]; . == "in-use"), persistent: true,
                          busy: false, granularity: .granularity } ] } + kb_image ]
   | { source: "qemu-img", layers: ., complete: (.[-1].backing == null) };
@@ -68,7 +68,7 @@ def kb_qmp($top):
       layers: [ to_entries[] | .key as $i | .value
         | { layer: $i, filename: .file, format: .drv, node: .["node-name"],
             bitmaps: [ (.["dirty-bitmaps"] // [])[]
-              | { name: .name,
+              | { name: .name, layer: $i,
                   recording: (if has("recording") or .status == null then .recording == true
                               else .status != "disabled" end),
                   inconsistent: (.inconsistent == true), persistent: (.persistent == true),
@@ -85,34 +85,37 @@ def kb_chain($top):
   elif type == "object" or (type == "array" and length > 0) then kb_qemu_img
   else kb_fail("not qemu-img info or QMP query-named-block-nodes JSON") end;
 
+# Linear in every jq: no lookup objects or arrays grown inside `reduce` (jq 1.6 and gojq
+# copy a nested array or object on each update, which is quadratic); grouping is done
+# by sorting instead (group_by is stable, so copies stay in layer order).
+
 # The names being checked: the requested ones (first occurrence), else every name, sorted.
 def kb_names($req):
   if ($req | length) > 0 then
-    reduce $req[] as $n ({seen: {}, out: []};
-      if .seen[$n] then . else .seen[$n] = true | .out += [$n] end) | .out
+    $req | to_entries | group_by(.value) | map(.[0]) | sort_by(.key) | map(.value)
   else [ .layers[].bitmaps[].name ] | unique end;
+
+# [{name, order, copies: [bitmap + {layer}, ...]}] for each checked name, in order.
+def kb_by_name($names):
+  [ ($names | to_entries[] | {name: .value, order: .key}),
+    .layers[].bitmaps[] ]  # each bitmap knows its layer (see kb_qemu_img, kb_qmp)
+  | group_by(.name)
+  | map(select(.[0] | has("order")) | {name: .[0].name, order: .[0].order, copies: .[1:]})
+  | sort_by(.order);
 
 def kb_subjects($names):
   . as $chain
-  | (reduce .layers[] as $l ({}; reduce $l.bitmaps[] as $b (.; .[$b.name] += [$l.layer]))) as $present
-  | (reduce (.layers[].bitmaps[] | select(.granularity != null)) as $b ({};
-       .[$b.name][$b.granularity | tostring] = true)) as $sizes
-  | (reduce $names[] as $n ({}; .[$n] = true)) as $wanted
-  | { bitmap: [ $names[] | ($present[.] // []) as $p
-                | { name: ., first_layer: $p[0], copies: ($p | length),
+  | kb_by_name($names) as $groups
+  | [ foreach (.layers[] | .bitmaps | length) as $n (0; . + $n; . - $n) ] as $above
+  | { bitmap: [ $groups[]
+                | { name, first_layer: .copies[0].layer, copies: (.copies | length),
                     chain_complete: $chain.complete, last_layer: (($chain.layers | length) - 1),
-                    granularities: ($sizes[.] // {} | length) } ],
-      copy: (reduce ($chain.layers[] | .layer as $i | .bitmaps[] | select($wanted[.name]) | . + {layer: $i})
-               as $b ({above: {}, out: []};
-                 .out += [ $b + {copies_above: (.above[$b.name] // 0)} ] | .above[$b.name] += 1)
-             | .out),
-      layer: (reduce $chain.layers[] as $l ({total: 0, out: []};
-                .total as $above
-                | .out += [ $l | {layer, format, compat, corrupt, dirty, backing, backing_recorded,
-                                  backing_format, below_format: $chain.layers[$l.layer + 1].format,
-                                  bitmaps: (.bitmaps | length), bitmaps_above: $above} ]
-                | .total += ($l.bitmaps | length))
-              | .out) };
+                    granularities: ([ .copies[].granularity | select(. != null) ] | unique | length) } ],
+      copy: [ $groups[].copies | to_entries[] | .value + {copies_above: .key} ],
+      layer: [ $chain.layers[]
+               | {layer, format, compat, corrupt, dirty, backing, backing_recorded, backing_format,
+                  below_format: $chain.layers[.layer + 1].format,
+                  bitmaps: (.bitmaps | length), bitmaps_above: $above[.layer]} ] };
 
 # One finding of a subject (.) at layer $at; facts win over the layer's fields.
 def kb_context($chain; $at):
@@ -126,12 +129,15 @@ def kb_report($args):
 | ($chain | kb_names($args.positional // [])) as $names
 | ($chain | kb_subjects($names)) as $S
 | [ RULES ] as $F
-| (reduce ($F[] | select(.name != null)) as $f ({}; .[$f.name] += [$f])) as $byname
 | { source: $chain.source,
     chain: [ $chain.layers[] | {layer, filename, format, node} ],
     rules: RULE_IDS,
-    bitmaps: [ $names[] as $n | ($byname[$n] // [] | sort_by(.si, .ri, .layer) | map(del(.si, .ri, .name))) as $found
-               | { name: $n, valid: all($found[]; .severity != "error"), findings: $found } ],
+    bitmaps: [ [ ($names | to_entries[] | {name: .value, order: .key}), ($F[] | select(.name != null)) ]
+               | group_by(.name)[]
+               | (.[0].order) as $order
+               | ([ .[1:][] ] | sort_by(.si, .ri, .layer) | map(del(.si, .ri, .name))) as $found
+               | { order: $order, name: .[0].name, valid: all($found[]; .severity != "error"), findings: $found } ]
+             | sort_by(.order) | map(del(.order)),
     findings: [ $F[] | select(.name == null) ] | sort_by(.si, .ri, .layer) | map(del(.si, .ri, .name)) };
 """
 # As a jq file: $ARGS holds --arg top NODE and --args NAME... .
