@@ -371,18 +371,21 @@ LOCKED = 'Failed to get shared "write" lock'
 @contextmanager
 def served(image: Path) -> Iterator[None]:
     """qemu-nbd holding `image` open read-write until the block ends."""
+    socket = image.parent / "nbd.sock"
     server = subprocess.Popen(
-        ["qemu-nbd", "-t", "-f", "qcow2", f"--socket={image.parent / 'nbd.sock'}", str(image)],
+        ["qemu-nbd", "-t", "-f", "qcow2", f"--socket={socket}", str(image)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
+        # Wait for the socket, which qemu-nbd makes once it holds the image. Probing
+        # with qemu-img before that races with qemu-nbd's own open: the probe's read
+        # lock can make qemu-nbd fail to take the write lock.
         deadline = time.monotonic() + 30  # generous: CI machines are shared
-        while True:
-            probe = subprocess.run(["qemu-img", "info", str(image)], capture_output=True, text=True)
-            if probe.returncode != 0 and LOCKED in probe.stderr:
-                break
+        while not socket.exists():
             assert server.poll() is None, f"qemu-nbd exited: {server.communicate()[1]!r}"
-            assert time.monotonic() < deadline, "qemu-nbd never took the lock"
+            assert time.monotonic() < deadline, "qemu-nbd never opened the image"
             time.sleep(0.02)
+        probe = subprocess.run(["qemu-img", "info", str(image)], capture_output=True, text=True)
+        assert probe.returncode != 0 and LOCKED in probe.stderr, probe.stderr
         yield
     finally:
         server.terminate()
