@@ -170,7 +170,7 @@ def cli_parser() -> argparse.ArgumentParser:
 
 
 def _formatter(parser: argparse.ArgumentParser) -> argparse.HelpFormatter:
-    return parser.formatter_class(prog=parser.prog, width=80)
+    return parser.formatter_class(prog=parser.prog, width=80)  # type: ignore[call-arg]
 
 
 def _usage(parser: argparse.ArgumentParser) -> str:

@@ -210,7 +210,7 @@ def header(rules: Sequence[Rule], source: str) -> str:
         "# Usage (jq 1.6 or later, gojq, or libjq):",
         f"#   qemu-img info --output=json --backing-chain top.qcow2 | jq -f {stem}.jq",
         f"#   jq -f {stem}.jq chain.json --args -- NAME...      only these bitmaps",
-        f"#   virsh qemu-monitor-command VM '{{\"execute\":\"query-named-block-nodes\",\"arguments\":{{\"flat\":true}}}}' \\",
+        "#   virsh qemu-monitor-command VM '{\"execute\":\"query-named-block-nodes\",\"arguments\":{\"flat\":true}}' \\",
         f"#     | jq -f {stem}.jq --arg top NODE                 QMP data of several disks",
         "# A bitmap is fit for an incremental backup when its entry says \"valid\": true;",
         f"#   ... | jq -f {stem}.jq | jq -e 'all(.bitmaps[]; .valid)'   exits 1 otherwise.",

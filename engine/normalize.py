@@ -277,17 +277,18 @@ def _qmp(nodes: list[Any], at: _At, top: Optional[str]) -> Chain:
         raise InputError(f"{at.where}: {len(tops)} disks in this QMP data; pick one with "
                          f"--top NODE: {_candidates(tops)}")
 
-    layers, seen = [], set()
-    file: Optional[str] = node["file"]
-    while file is not None and file in formats:
-        if file in seen:
-            raise at.fail(f"backing loop at {file!r}")
-        seen.add(file)
-        here, node = formats[file]
-        layers.append(Layer(layer=len(layers), filename=file, format=node["drv"],
-                            node=node["node-name"], bitmaps=_qmp_bitmaps(here, node), **facts[file]))
-        file = below[file]
-    return Chain("qmp", tuple(layers), complete=file is None)
+    layers: list[Layer] = []
+    seen: set[str] = set()
+    current: Optional[str] = node["file"]
+    while current is not None and current in formats:
+        if current in seen:
+            raise at.fail(f"backing loop at {current!r}")
+        seen.add(current)
+        here, node = formats[current]
+        layers.append(Layer(layer=len(layers), filename=current, format=node["drv"],
+                            node=node["node-name"], bitmaps=_qmp_bitmaps(here, node), **facts[current]))
+        current = below[current]
+    return Chain("qmp", tuple(layers), complete=current is None)
 
 
 def _candidates(entries: list[tuple[_At, dict[str, Any]]]) -> str:

@@ -142,13 +142,14 @@ def fields_used(expr: Any) -> list[str]:
 def compile_py(expr: Any) -> Compiled:
     """A function of the subject's facts. Expressions are assumed schema-valid."""
     if not isinstance(expr, dict):
-        return lambda _s, v=expr: v
+        return lambda _s: expr
     (name, arg), = expr.items()
     if name == FIELD:
-        return lambda s, k=arg: s.get(k)
+        return lambda s: s.get(arg)
     op = OPS[name]
     if name == "not" and isinstance(arg, dict) and FIELD in arg:  # the most common check
-        return lambda s, k=arg[FIELD]: not truthy(s.get(k))
+        key = arg[FIELD]
+        return lambda s: not truthy(s.get(key))
     parts = [compile_py(e) for e in ([arg] if op.arity == 1 else arg)]
     fn = op.py
     # Specialized by operand count: this runs once per subject and rule, the hot path.

@@ -55,7 +55,7 @@ class Template:
 
     @staticmethod
     def parse(text: str) -> "Template":
-        parts = []
+        parts: list[tuple[str, Optional[str], Optional[str]]] = []
         try:
             for literal, field, spec, conv in string.Formatter().parse(text):
                 if field is None:
@@ -203,10 +203,10 @@ def _parse(path: Path, text: str) -> tuple[Any, dict[str, int]]:
 
         # best_match picks the most specific error among oneOf branches.
         err = jsonschema.exceptions.best_match(errors)
-        where = list(err.absolute_path)
-        line = _line(root, where)
-        raise RulesError(f"{path}{':' + str(line) if line else ''}:{_rule_name(data, where)} "
-                         f"{'.'.join(map(str, where)) or 'top level'}: {err.message}")
+        place = list(err.absolute_path)
+        line = _line(root, place)
+        raise RulesError(f"{path}{':' + str(line) if line else ''}:{_rule_name(data, place)} "
+                         f"{'.'.join(map(str, place)) or 'top level'}: {err.message}")
     lines: dict[str, int] = {}
     for i, raw in enumerate(data["rules"]):
         places = [["rules", i]] + [["rules", i, key] for key in raw] + \
@@ -224,7 +224,8 @@ def _build(path: Path, data: Any, lines: dict[str, int], checked: bool) -> list[
         line = lines.get(".".join(map(str, where))) or lines.get(".".join(map(str, where[:2])))
         return RulesError(f"{path}{':' + str(line) if line else ''}:{_rule_name(data, where)} {what}")
 
-    rules, seen = [], {}
+    rules: list[Rule] = []
+    seen: dict[str, int] = {}
     for i, raw in enumerate(data["rules"]):
         here = ["rules", i]
         rid = raw["id"]

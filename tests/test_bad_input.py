@@ -14,7 +14,6 @@ from typing import Any, Callable
 
 import pytest
 
-import engine.cli
 from engine import __version__
 from engine.cli import main
 from engine.rules import load_all

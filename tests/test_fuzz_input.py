@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any, Iterator, Optional
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import engine.cli
 from engine.rules import load_all
 from helpers import Run, kbrules
 

@@ -7,7 +7,6 @@ CI machines do not have (the last test does it when the daemon is there)."""
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import shutil
@@ -19,7 +18,6 @@ from typing import Any
 
 import pytest
 
-import engine.cli
 from engine.rules import load_all
 from helpers import FIXTURES, LIBVIRT, Run, kbrules, verdicts
 

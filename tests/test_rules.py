@@ -3,7 +3,6 @@ name the file, the line and the rule."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
