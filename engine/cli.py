@@ -203,21 +203,24 @@ def check(args: argparse.Namespace) -> int:
                              "layers are held")
     if args.jobs < 1:
         raise UsageError("--jobs must be 1 or more")
+    program = jqbackend.binding(rules) if args.engine == "jq" else None  # compiled once
     if len(sources) == 1 and args.format != "jsonl":
-        report, code = _check_one(sources[0], args, rules)  # errors propagate: one line, exit 2
+        report, code = _check_one(sources[0], args, rules, program)  # errors: one line, exit 2
         _print(report)
         return code
-    return _check_many(sources, args, rules)
+    return _check_many(sources, args, rules, program)
 
 
-def _check_one(source: str, args: argparse.Namespace, rules: list[Rule]) -> tuple[Any, int]:
-    """One input's report (a dict for JSON formats, text otherwise) and exit code."""
+def _check_one(source: str, args: argparse.Namespace, rules: list[Rule],
+               program: Any) -> tuple[Any, int]:
+    """One input's report (a dict for JSON formats, text otherwise) and exit code;
+    `program` is the compiled jq program for --engine jq, else None."""
     value, chain, warnings = _read_chain(source, args)
     _warn(warnings)
-    if args.engine == "jq":
+    if program is not None:
         # Read and normalized as for the Python engine, so that bad input gets the same
         # one-line error; the report itself comes from jq.
-        report = jqbackend.run(jqbackend.binding(rules), value, args.bitmaps, args.top)
+        report = jqbackend.run(program, value, args.bitmaps, args.top)
         errors = [f for b in report["bitmaps"] for f in b["findings"]] + report["findings"]
         return report, EXIT_FINDINGS if any(f["severity"] == "error" for f in errors) else EXIT_OK
     result = evaluate(chain, rules, args.bitmaps)
@@ -225,13 +228,14 @@ def _check_one(source: str, args: argparse.Namespace, rules: list[Rule]) -> tupl
     return (to_text(result) if args.format == "text" else to_dict(result)), code
 
 
-def _check_many(sources: list[str], args: argparse.Namespace, rules: list[Rule]) -> int:
+def _check_many(sources: list[str], args: argparse.Namespace, rules: list[Rule],
+                program: Any) -> int:
     """Several inputs in one run: qemu-img runs in parallel threads (it is another
     process, so the GIL does not matter), reports print in input order, and the exit
     code is the worst of all. A bad input is reported and the others still run."""
     def one(source: str) -> tuple[Any, int]:
         try:
-            return _check_one(source, args, rules)
+            return _check_one(source, args, rules, program)
         except KbrulesError as e:
             return show(str(e)), EXIT_ERROR
 

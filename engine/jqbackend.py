@@ -11,6 +11,7 @@ $ARGS.named.top.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -193,7 +194,11 @@ def run(compiled: Any, value: Any, bitmaps: Optional[Sequence[str]] = None,
         top: Optional[str] = None) -> Any:
     """The report, as `jq -f PROGRAM --arg top TOP --args BITMAPS...` would print it."""
     args = {"positional": list(bitmaps or []), "named": {"top": top} if top is not None else {}}
-    return compiled.input_value([value, args]).first()
+    with _RUNNING:  # one compiled program is one jq state: not for two threads at once
+        return compiled.input_value([value, args]).first()
+
+
+_RUNNING = threading.Lock()
 
 
 def header(rules: Sequence[Rule], source: str) -> str:
