@@ -18,7 +18,7 @@ from .model import Chain
 from .normalize import UTF16_BOMS, normalize, parse_json
 from .qemu import read_image
 from .examples import ENGINES, check_example, load_checked
-from .report import explanation, show, table, to_dict, to_text
+from .report import count, explanation, show, table, to_dict, to_text
 from .rules import Rule, load_all
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
@@ -330,7 +330,7 @@ def test_rules(args: argparse.Namespace) -> int:
               f"({len(rule.examples)} examples x {', '.join(ENGINES)})")
         for problem in problems:
             print(f"        {show(problem)}")
-    print(f"{len(rules)} rule{'s' if len(rules) != 1 else ''}, {runs} runs: {runs - failed} passed, {failed} failed")
+    print(f"{count(len(rules), 'rule')}, {runs} runs: {runs - failed} passed, {failed} failed")
     return EXIT_FINDINGS if failed else EXIT_OK
 
 

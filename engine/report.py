@@ -52,8 +52,7 @@ def _finding_lines(f: Finding, about: str) -> list[str]:
 
 def to_text(report: Report) -> str:
     chain = report.chain
-    out = [f"chain from {chain.source}, {len(chain.layers)} layer"
-           f"{'s' if len(chain.layers) != 1 else ''}, top first:"]
+    out = [f"chain from {chain.source}, {count(len(chain.layers), 'layer')}, top first:"]
     out += ["  " + line for line in table(
         [["LAYER", "FORMAT", "FILE"]]
         + [[str(l.layer), l.format, show(l.filename)] for l in chain.layers])]
@@ -80,15 +79,16 @@ def to_text(report: Report) -> str:
         for f, about in findings:
             out += _finding_lines(f, about)
     valid = sum(v.valid for v in report.bitmaps)
-    summary = f"{_count(len(report.bitmaps), 'bitmap')} checked: {valid} valid, {len(report.bitmaps) - valid} not valid"
+    summary = f"{count(len(report.bitmaps), 'bitmap')} checked: {valid} valid, {len(report.bitmaps) - valid} not valid"
     errors = sum(f.severity == "error" for f in report.findings)
     if report.findings:
-        summary += f"; {_count(len(report.findings), 'chain finding')} ({_count(errors, 'error')})"
+        summary += f"; {count(len(report.findings), 'chain finding')} ({count(errors, 'error')})"
     out += ["", summary]
     return "\n".join(out)
 
 
-def _count(n: int, what: str) -> str:
+def count(n: int, what: str) -> str:
+    """'1 rule', '2 rules'."""
     return f"{n} {what}{'' if n == 1 else 's'}"
 
 

@@ -177,12 +177,14 @@ def _line(root: Any, path: Sequence[Any]) -> Optional[int]:
     return node.start_mark.line + 1 if node is not None else line
 
 
-def _rule_name(data: Any, where: Sequence[Any]) -> str:
+def _error(path: Path, line: Optional[int], data: Any, where: Sequence[Any], what: str) -> RulesError:
+    """FILE:LINE: rule ID: what is wrong (LINE and the rule when they are known)."""
+    rule = ""
     if len(where) >= 2 and where[0] == "rules" and isinstance(where[1], int):
         raw = data["rules"][where[1]]
         rid = raw.get("id") if isinstance(raw, dict) else None
-        return f" rule {rid if isinstance(rid, str) else '#' + str(where[1] + 1)}:"
-    return ""
+        rule = f" rule {rid if isinstance(rid, str) else '#' + str(where[1] + 1)}:"
+    return RulesError(f"{path}{':' + str(line) if line else ''}:{rule} {what}")
 
 
 def _parse(path: Path, text: str) -> tuple[Any, dict[str, int]]:
@@ -204,9 +206,8 @@ def _parse(path: Path, text: str) -> tuple[Any, dict[str, int]]:
         # best_match picks the most specific error among oneOf branches.
         err = jsonschema.exceptions.best_match(errors)
         place = list(err.absolute_path)
-        line = _line(root, place)
-        raise RulesError(f"{path}{':' + str(line) if line else ''}:{_rule_name(data, place)} "
-                         f"{'.'.join(map(str, place)) or 'top level'}: {err.message}")
+        raise _error(path, _line(root, place), data, place,
+                     f"{'.'.join(map(str, place)) or 'top level'}: {err.message}")
     lines: dict[str, int] = {}
     for i, raw in enumerate(data["rules"]):
         places = [["rules", i]] + [["rules", i, key] for key in raw] + \
@@ -222,7 +223,7 @@ def _build(path: Path, data: Any, lines: dict[str, int], checked: bool) -> list[
     """Rules from schema-valid data, after the checks a schema cannot make."""
     def fail(where: Sequence[Any], what: str) -> RulesError:
         line = lines.get(".".join(map(str, where))) or lines.get(".".join(map(str, where[:2])))
-        return RulesError(f"{path}{':' + str(line) if line else ''}:{_rule_name(data, where)} {what}")
+        return _error(path, line, data, where, what)
 
     rules: list[Rule] = []
     seen: dict[str, int] = {}
