@@ -65,7 +65,7 @@ from typing import Any, Optional
 from sybil import Document, Example, Region, Sybil
 from sybil.parsers.rest import DocTestParser
 
-from engine.rules import rules_dir
+from engine.loader import rules_dir
 
 DIR_KEY = "_kbrules_article_dir"  # where the article's temp dir sits in its namespace
 TIMEOUT = 60  # seconds for one command

@@ -9,20 +9,21 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NoReturn, Optional, Sequence, Union
+from typing import Any, NoReturn, Optional, Sequence
 
 from . import __version__, jqbackend
-from .errors import InputError, KbrulesError, UsageError
+from .errors import KbrulesError, UsageError
 from .evaluate import evaluate
-from .model import Chain
-from .normalize import UTF16_BOMS, normalize, parse_json
-from .qemu import read_image
-from .examples import ENGINES, check_example, load_checked
-from .report import count, explanation, show, table, to_dict, to_text
-from .rules import Rule, load_all
+from .examples import ENGINES, check_example
+from .formats import FORMATS, Output, Result, write_text
+from .inputs import STDIN, read_input
+from .loader import load_rules
+from .model import any_error
+from .report import explanation
+from .rule import Rule
+from .text import count, show, table
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
-QCOW2_MAGIC = b"QFI\xfb"
 
 DESCRIPTION = """\
 Is this qcow2 backing chain fit for an incremental backup from bitmap X? kbrules
@@ -85,9 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "when input is piped); several are checked in one run")
     check.add_argument("--bitmap", "-b", action="append", metavar="NAME", dest="bitmaps",
                        help="check this bitmap (repeatable); default: every bitmap in the chain")
-    check.add_argument("--format", choices=("text", "json", "jsonl"), default="text",
-                       help="report format (default: text); with several inputs, json is an "
-                            "array and jsonl one report per line, each with an 'input' field")
+    check.add_argument("--format", choices=tuple(FORMATS), default="text",
+                       help="report format (default: text): " + "; ".join(
+                           f"{name}: {output.help}" for name, output in FORMATS.items()))
     check.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1, metavar="N",
                        help="run up to N qemu-img at once (default: the number of CPUs)")
     check.add_argument("--top", metavar="NODE",
@@ -124,65 +125,24 @@ def build_parser() -> argparse.ArgumentParser:
     return top
 
 
+def _ids(text: str) -> list[str]:
+    return [i for i in text.split(",") if i]
+
+
 def _rule_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rules", action="append", type=Path, metavar="FILE",
                         help="use this rules file (repeatable; default: every shipped file)")
-    parser.add_argument("--select", nargs="+", metavar="ID", default=[],
-                        help="only these rules")
-    parser.add_argument("--ignore", nargs="+", metavar="ID", default=[],
-                        help="all rules but these")
-
-
-def _is_json_file(path: Path) -> bool:
-    """A JSON file, not a disk image: qcow2 images start with a magic number, and raw
-    images with NUL bytes, which JSON text never holds."""
-    with path.open("rb") as f:
-        head = f.read(4096)
-    if head.startswith(QCOW2_MAGIC):
-        return False
-    if path.suffix.lower() == ".json" or head.startswith(UTF16_BOMS):  # UTF-16 text: not an image
-        return True
-    return b"\0" not in head
-
-
-def _read_chain(source: str, args: argparse.Namespace) -> tuple[Any, Chain, list[str]]:
-    """(the JSON value, from the input or from qemu-img; the chain; qemu-img's warnings)."""
-    if source == "-":
-        if args.image_format:
-            raise UsageError("--image-format needs an image path, not -")
-        source, data = "<stdin>", sys.stdin.buffer.read()
-    else:
-        path = Path(source)
-        try:
-            if path.is_dir():
-                raise InputError(f"{source}: is a directory; expected a disk image or a JSON file")
-            if not path.exists():
-                raise InputError(f"{source}: no such file")
-            if args.image_format or not _is_json_file(path):
-                if args.top:
-                    raise UsageError("--top applies to QMP input, not to an image")
-                return read_image(source, args.image_format, args.force_share)
-            data = path.read_bytes()
-        except PermissionError:
-            raise InputError(f"{source}: permission denied") from None
-        except OSError as e:
-            raise InputError(f"{source}: cannot read: {e.strerror or e}") from None
-    value = parse_json(data, source)
-    return value, normalize(value, source, args.top), []
+    # One value per option (repeatable, or comma-separated): a list of values after
+    # the option would swallow the input paths that follow it.
+    parser.add_argument("--select", action="extend", type=_ids, metavar="ID[,ID...]", default=[],
+                        help="only these rules (repeatable)")
+    parser.add_argument("--ignore", action="extend", type=_ids, metavar="ID[,ID...]", default=[],
+                        help="all rules but these (repeatable)")
 
 
 def _rules(args: argparse.Namespace) -> list[Rule]:
     """The rules a command runs: --rules files (or all), narrowed by --select/--ignore."""
-    rules = load_checked(args.rules)
-    known = [r.id for r in rules]
-    for option, ids in (("--select", args.select), ("--ignore", args.ignore)):
-        unknown = [i for i in ids if i not in known]
-        if unknown:
-            raise UsageError(f"{option}: unknown rule id {unknown[0]!r} (known: {', '.join(known)})")
-    chosen = [r for r in rules if (not args.select or r.id in args.select) and r.id not in args.ignore]
-    if not chosen:
-        raise UsageError("no rule left to run after --select/--ignore")
-    return chosen
+    return load_rules(args.rules, args.select, args.ignore)
 
 
 def check(args: argparse.Namespace) -> int:
@@ -192,11 +152,12 @@ def check(args: argparse.Namespace) -> int:
         if sys.stdin.isatty():
             raise UsageError("nothing to check: give an image, a JSON file, "
                              "or - to read JSON from standard input")
-        sources = ["-"]
-    if sources.count("-") > 1:
+        sources = [STDIN]
+    if sources.count(STDIN) > 1:
         raise UsageError("standard input (-) can be read only once")
+    output_format = FORMATS[args.format]
     if args.engine == "jq":
-        if args.format == "text":
+        if not output_format.json:
             raise UsageError("--engine jq prints the JSON report: add --format json or jsonl")
         if args.force_share:
             raise UsageError("--force-share needs the Python engine: jq cannot probe which "
@@ -204,62 +165,52 @@ def check(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UsageError("--jobs must be 1 or more")
     program = jqbackend.binding(rules) if args.engine == "jq" else None  # compiled once
-    if len(sources) == 1 and args.format != "jsonl":
-        report, code = _check_one(sources[0], args, rules, program)  # errors: one line, exit 2
-        _print(report)
-        return code
-    return _check_many(sources, args, rules, program)
+    output = output_format(batch=len(sources) > 1 or output_format.named)
+    if not output.batch:
+        result = _check_one(sources[0], args, rules, program)  # errors: one line, exit 2
+        output.add(result)
+        return result.code
+    return _check_many(sources, args, rules, program, output)
 
 
-def _check_one(source: str, args: argparse.Namespace, rules: list[Rule],
-               program: Any) -> tuple[Any, int]:
-    """One input's report (a dict for JSON formats, text otherwise) and exit code;
-    `program` is the compiled jq program for --engine jq, else None."""
-    value, chain, warnings = _read_chain(source, args)
-    _warn(warnings)
+def _check_one(source: str, args: argparse.Namespace, rules: list[Rule], program: Any) -> Result:
+    """One input's result; `program` is the compiled jq program for --engine jq."""
+    read = read_input(source, top=args.top, image_format=args.image_format,
+                      force_share=args.force_share)
+    _warn(read.warnings)
     if program is not None:
         # Read and normalized as for the Python engine, so that bad input gets the same
         # one-line error; the report itself comes from jq.
-        report = jqbackend.run(program, value, args.bitmaps, args.top)
-        errors = [f for b in report["bitmaps"] for f in b["findings"]] + report["findings"]
-        return report, EXIT_FINDINGS if any(f["severity"] == "error" for f in errors) else EXIT_OK
-    result = evaluate(chain, rules, args.bitmaps)
-    code = EXIT_FINDINGS if result.has_error else EXIT_OK
-    return (to_text(result) if args.format == "text" else to_dict(result)), code
+        data = jqbackend.run(program, read.value, args.bitmaps, args.top)
+        found = [f for b in data["bitmaps"] for f in b["findings"]] + data["findings"]
+        return Result(source, EXIT_FINDINGS if any_error(f["severity"] for f in found) else EXIT_OK, data)
+    report = evaluate(read.chain, rules, args.bitmaps)
+    return Result(source, EXIT_FINDINGS if report.has_error else EXIT_OK, report)
 
 
 def _check_many(sources: list[str], args: argparse.Namespace, rules: list[Rule],
-                program: Any) -> int:
+                program: Any, output: Output) -> int:
     """Several inputs in one run: qemu-img runs in parallel threads (it is another
     process, so the GIL does not matter), reports print in input order, and the exit
     code is the worst of all. A bad input is reported and the others still run."""
-    def one(source: str) -> tuple[Any, int]:
+    def one(source: str) -> Result:
         try:
             return _check_one(source, args, rules, program)
         except KbrulesError as e:
-            return show(str(e)), EXIT_ERROR
+            return Result(source, EXIT_ERROR, error=show(str(e)))
 
-    worst, reports = EXIT_OK, []
+    worst = EXIT_OK
     progress = _Progress(len(sources))
     with ThreadPoolExecutor(max_workers=min(args.jobs, len(sources))) as pool:
-        for source, (report, code) in zip(sources, pool.map(one, sources)):
+        for result in pool.map(one, sources):
             progress.step()
-            worst = max(worst, code)
-            if code == EXIT_ERROR:
-                print(f"kbrules: {report}", file=sys.stderr)
-            if args.format == "text":
-                progress.clear()
-                print(f"== {show(source)} ==\n{report if code != EXIT_ERROR else 'error: ' + report}\n")
-                continue
-            entry = {"input": source, **report} if code != EXIT_ERROR else {"input": source, "error": report}
-            if args.format == "jsonl":
-                progress.clear()
-                print(json.dumps(entry, ensure_ascii=not _utf8()))
-            else:
-                reports.append(entry)
+            worst = max(worst, result.code)
+            if result.error is not None:
+                print(f"kbrules: {result.error}", file=sys.stderr)
+            progress.clear()
+            output.add(result)
     progress.clear()
-    if args.format == "json":
-        _print(reports)
+    output.end()
     return worst
 
 
@@ -282,40 +233,24 @@ class _Progress:
             self.shown = False
 
 
-def _warn(warnings: list[str]) -> None:
+def _warn(warnings: Sequence[str]) -> None:
     for warning in warnings:
         print(f"kbrules: qemu-img said: {show(warning.removeprefix('qemu-img: '))}", file=sys.stderr)
-
-
-def _utf8() -> bool:
-    return (sys.stdout.encoding or "").lower().replace("-", "") == "utf8"
-
-
-def _print(report: Union[dict[str, Any], list[Any], str]) -> None:
-    """The report on stdout, whatever stdout can encode: JSON falls back to \\u escapes,
-    text to backslash escapes, so that exit 1 never means "could not print"."""
-    utf8 = _utf8()
-    if not isinstance(report, str):
-        print(json.dumps(report, indent=2, ensure_ascii=not utf8))
-        return
-    if not utf8 and hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(errors="backslashreplace")
-    print(report)
 
 
 def jq_program(args: argparse.Namespace) -> int:
     rules = _rules(args)
     if args.rules and len(args.rules) == 1 and not (args.select or args.ignore):
         # Exactly the committed rules/<article>.jq, header included.
-        _print(jqbackend.program_for_file(args.rules[0]).rstrip("\n"))
+        write_text(jqbackend.committed_program(rules, args.rules[0].stem).rstrip("\n"))
     else:
-        _print(jqbackend.compile_program(rules).rstrip("\n"))
+        write_text(jqbackend.compile_program(rules).rstrip("\n"))
     return EXIT_OK
 
 
 def test_rules(args: argparse.Namespace) -> int:
     """kbrules test: every example of every rule, in both engines."""
-    rules = load_all(args.files or None)
+    rules = load_rules(args.files or None, examples=False)  # they are what is tested
     runs = failed = 0
     source = None
     for rule in rules:
@@ -337,16 +272,16 @@ def test_rules(args: argparse.Namespace) -> int:
 def list_rules(args: argparse.Namespace) -> int:
     rows = [["ID", "SEVERITY", "TITLE", "ARTICLE"]] + [
         [r.id, r.severity, r.title, f"docs/kbase/{r.article}.rst"] for r in _rules(args)]
-    _print("\n".join(table(rows)))
+    write_text("\n".join(table(rows)))
     return EXIT_OK
 
 
 def explain(args: argparse.Namespace) -> int:
-    rules = {r.id: r for r in load_checked(args.rules)}
+    rules = {r.id: r for r in load_rules(args.rules)}
     rule = rules.get(args.rule)
     if rule is None:
         raise UsageError(f"unknown rule id {args.rule!r} (known: {', '.join(rules)})")
-    _print(explanation(rule))
+    write_text(explanation(rule))
     return EXIT_OK
 
 

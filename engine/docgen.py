@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .evaluate import evaluate
+from .loader import load_rules, rules_dir
 from .normalize import normalize
 from .report import to_text
-from .rules import Rule, Template, load, rules_dir, sh_quote
+from .rule import Rule, Template
+from .subjects import KINDS
+from .text import sh_quote
 
 HEADINGS = "-~^\""  # underline characters, outermost first
 ARTICLES = "docs/kbase"  # where the article of rules/<stem>.yaml lives: docs/kbase/<stem>.rst
@@ -66,16 +69,13 @@ def _code(language: str, text: str) -> list[str]:
 
 # Rules in their article ------------------------------------------------------------------
 
-SUBJECTS = {"bitmap": "each bitmap name", "copy": "each copy of a bitmap, in every layer",
-            "layer": "each layer of the chain"}
-
 
 def rule_head(rule: Rule, level: int = 0) -> str:
     """The start of a rule's section in its article: label (the rule id, so that the
     section's anchor is #ID), title, severity, statement."""
     lines = [f".. _{rule.id}:", "", *heading(f"``{rule.id}``: {escape(rule.title)}", level),
              f":Severity: {rule.severity}",
-             f":Checked on: {SUBJECTS.get(rule.subject, escape(rule.subject))}",
+             f":Checked on: {escape(KINDS[rule.subject].doc)}",
              f":Reference: :ref:`examples and details <reference-{rule.id}>`", "",
              *rule.statement.strip().splitlines(), ""]
     return "\n".join(lines)
@@ -100,7 +100,7 @@ def rule_reference(rule: Rule, level: int, has_article: bool = True) -> list[str
     lines = [f".. _reference-{rule.id}:", "", *heading(f"``{rule.id}``", level),
              f":Title: {escape(rule.title)}",
              f":Severity: {rule.severity}",
-             f":Checked on: {SUBJECTS.get(rule.subject, escape(rule.subject))} "
+             f":Checked on: {escape(KINDS[rule.subject].doc)} "
              f"(subject ``{rule.subject}``)",
              f":Requires: ``{json.dumps(rule.require)}``",
              f":Article: :ref:`{rule.id}`" if has_article else ":Article: (missing)", "",
@@ -148,7 +148,7 @@ def rules_reference(paths: Sequence[Path], articles: Optional[set[str]] = None,
         lines += [f".. _reference-rules-{path.stem}:", "",
                   *heading(f"{escape(_title_of(path))}", level),
                   f"From ``rules/{path.name}``; {stated}.", ""]
-        for rule in load(path):
+        for rule in load_rules([path]):
             lines += rule_reference(rule, level + 1, has_article)
     return "\n".join(lines)
 
@@ -269,21 +269,22 @@ def _example_form(name: str, arity: int) -> str:
     return f"{{{name}: [A, B, ...]}}"
 
 
-def facts_reference(facts: Optional[dict[str, dict[str, str]]] = None,
-                    layer_fields: Optional[Sequence[str]] = None) -> str:
-    """Every subject a rule can be checked on, with its facts, from engine.subjects.FACTS
-    (so the list follows the code), and the layer fields that templates may also name."""
-    from .subjects import FACTS, LAYER_FIELDS
+def facts_reference(kinds: Optional[dict[str, Any]] = None,
+                    layer_fields: Optional[Sequence[Any]] = None) -> str:
+    """Every subject a rule can be checked on, with its facts and their types, from
+    engine.subjects.KINDS (so the list follows the code), and the layer fields that
+    templates may also name."""
+    from .ops import describe
+    from .subjects import LAYER_FIELDS
 
-    facts = FACTS if facts is None else facts
+    kinds = KINDS if kinds is None else kinds
     layer_fields = LAYER_FIELDS if layer_fields is None else layer_fields
     lines: list[str] = []
-    for subject, table in facts.items():
-        what = SUBJECTS.get(subject)
-        lines += [f".. rubric:: ``subject: {subject}``" + (f": {escape(what)}" if what else ""), ""]
-        lines += [f"- ``{fact}``: {escape(meaning)}" for fact, meaning in table.items()] + [""]
+    for kind in kinds.values():
+        lines += [f".. rubric:: ``subject: {kind.name}``: {escape(kind.doc)}", ""]
+        lines += [f"- ``{f.name}`` ({describe(f.types)}): {escape(f.doc)}" for f in kind.facts] + [""]
     if layer_fields:
-        names = [f"``{{{f}}}``" for f in layer_fields]
+        names = [f"``{{{f.name}}}``" for f in layer_fields]
         listed = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
         lines += ["Besides its subject's facts, a message or remediation may name "
                   f"{listed} of the layer the finding is about. ``{{fact|sh}}`` quotes the "

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
-from .errors import KbrulesError, RulesError
+from .errors import KbrulesError
 from .evaluate import evaluate
 from .normalize import normalize
 from .report import to_dict
-from .rules import Example, Rule, load_all, remember
+from .rule import Example, Rule
 
 ENGINES = ("python", "jq")
 
@@ -47,24 +46,3 @@ def check_example(rule: Rule, example: Example, number: int, engine: str = "pyth
     if example.expect == "fail" and example.layers is not None and layers != sorted(example.layers):
         return f"{here}: expected findings at layers {sorted(example.layers)}, got {layers} ({engine})"
     return None
-
-
-def load_checked(paths: Optional[Sequence[Path]] = None) -> list[Rule]:
-    """The rules, after each one's examples passed in the Python engine: a rule whose
-    own examples fail is a broken rules file. Files that passed are cached on disk."""
-    rules = load_all(paths)
-    fresh = [r for r in rules if not r.checked and id(r) not in _CHECKED]
-    for rule in fresh:
-        for number, example in enumerate(rule.examples, 1):
-            problem = check_example(rule, example, number)
-            if problem:
-                raise RulesError(problem)
-        _CHECKED.add(id(rule))
-    for source in dict.fromkeys(r.source for r in fresh):
-        remember(Path(source))
-    return rules
-
-
-# Rules already checked in this process, by identity: loaded Rule objects live in
-# rules._LOADED for the whole process, and a changed file gives new ones.
-_CHECKED: set[int] = set()

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import threading
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from . import ops
+from . import ops, subjects
+from .model import SEVERITIES
 from .normalize import FORMAT_DRIVERS
-from .rules import SEVERITIES, SH_ESCAPED, Rule, Template, load
-from .subjects import FACTS
+from .rule import Rule, Template
+from .text import SH_ESCAPED
 
 # Normalization and subjects, in jq. Kept in the subset that jq 1.6, gojq and libjq 1.8
 # share (see docs: no builtins added after 1.6, `if` always with `else`).
@@ -104,23 +104,10 @@ def kb_by_name($names):
   | map(select(.[0] | has("order")) | {name: .[0].name, order: .[0].order, copies: .[1:]})
   | sort_by(.order);
 
-def kb_subjects($names):
-  . as $chain
-  | kb_by_name($names) as $groups
-  | [ foreach (.layers[] | .bitmaps | length) as $n (0; . + $n; . - $n) ] as $above
-  | { bitmap: [ $groups[]
-                | { name, first_layer: .copies[0].layer, copies: (.copies | length),
-                    chain_complete: $chain.complete, last_layer: (($chain.layers | length) - 1),
-                    granularities: ([ .copies[].granularity | select(. != null) ] | unique | length) } ],
-      copy: [ $groups[].copies | to_entries[] | .value + {copies_above: .key} ],
-      layer: [ $chain.layers[]
-               | {layer, format, compat, corrupt, dirty, backing, backing_recorded, backing_format,
-                  below_format: $chain.layers[.layer + 1].format,
-                  bitmaps: (.bitmaps | length), bitmaps_above: $above[.layer]} ] };
+KB_SUBJECTS
 
 # One finding of a subject (.) at layer $at; facts win over the layer's fields.
-def kb_context($chain; $at):
-  $chain.layers[$at] as $l | {filename: $l.filename, format: $l.format, node: $l.node} + .;
+def kb_context($chain; $at): ($chain.layers[$at] | kb_layer_fields) + .;
 """
 
 MAIN = r"""
@@ -157,7 +144,7 @@ def template_jq(template: Template) -> str:
         if field is not None:
             value = f".[{json.dumps(field)}]"
             # Not @sh: libjq 1.8 writes NUL as \0 there; split/join is the same in every
-            # jq. Like rules.sh_quote: in single quotes, each ' written as '\''.
+            # jq. Like text.sh_quote: in single quotes, each ' written as '\''.
             quoted = f"{json.dumps(chr(39))} + (split({json.dumps(chr(39))}) | join({json.dumps(SH_ESCAPED)})) + {json.dumps(chr(39))}"
             parts.append(f"({value} | if type == \"string\" then {quoted} else tostring end)"
                          if filt == "sh" else f"({value} | tostring)")
@@ -167,7 +154,7 @@ def template_jq(template: Template) -> str:
 def rule_jq(rule: Rule, index: int) -> str:
     """jq text giving every finding of one rule, each tagged with its severity's and the
     rule's index (for ordering) and the bitmap name (for grouping; null for chain-level)."""
-    name = ".name" if "name" in FACTS[rule.subject] else "null"
+    name = ".name" if subjects.grouped(rule.subject) else "null"
     return (f"( $S[{json.dumps(rule.subject)}][] | select({ops.compile_jq(rule.require)} | kb_truthy | not)\n"
             f"    | ({ops.compile_jq(rule.at)}) as $at | kb_context($chain; $at) as $c\n"
             f"    | {{ rule: {json.dumps(rule.id)}, severity: {json.dumps(rule.severity)}, layer: $at,\n"
@@ -177,7 +164,8 @@ def rule_jq(rule: Rule, index: int) -> str:
 
 
 def compile_program(rules: Sequence[Rule], header: str = "", entry: str = ENTRY_CLI) -> str:
-    prelude = PRELUDE.replace("FORMAT_DRIVERS", json.dumps(sorted(FORMAT_DRIVERS)))
+    prelude = PRELUDE.replace("FORMAT_DRIVERS", json.dumps(sorted(FORMAT_DRIVERS))).replace(
+        "KB_SUBJECTS", subjects.jq_subjects())
     body = MAIN.replace("RULE_IDS", json.dumps([r.id for r in rules])).replace(
         "RULES", ",\n    ".join(rule_jq(r, i) for i, r in enumerate(rules)))
     return header + prelude + body + entry
@@ -224,7 +212,6 @@ def header(rules: Sequence[Rule], source: str) -> str:
     return "\n".join(lines)
 
 
-def program_for_file(path: Path) -> str:
-    """The committed rules/<article>.jq for rules/<article>.yaml."""
-    rules = load(path)
-    return compile_program(rules, header=header(rules, f"rules/{path.name}"))
+def committed_program(rules: Sequence[Rule], stem: str) -> str:
+    """The committed rules/<stem>.jq, made from the rules of rules/<stem>.yaml."""
+    return compile_program(rules, header=header(rules, f"rules/{stem}.yaml"))

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Optional
+
+# Most severe first: findings are ordered by this, and only an error makes a bitmap
+# invalid and the exit status 1.
+SEVERITIES = ("error", "warning", "info")
+
+
+def any_error(severities: Iterable[str]) -> bool:
+    """Whether any of these findings' severities is an error: the one test of
+    "valid" (a bitmap) and of exit status 1 (a report), in every engine."""
+    return "error" in severities
 
 
 @dataclass(frozen=True)
@@ -71,5 +81,4 @@ class Report:
 
     @property
     def has_error(self) -> bool:
-        every = self.findings + tuple(f for v in self.bitmaps for f in v.findings)
-        return any(f.severity == "error" for f in every)
+        return any_error(f.severity for f in self.findings) or not all(v.valid for v in self.bitmaps)

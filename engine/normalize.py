@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .errors import InputError
 from .model import Bitmap, Chain, Layer
-from .report import show
+from .text import show
 
 # Drivers that QMP reports for format nodes. Protocol nodes (file, host_device, nbd...)
 # and filters share the `file` string of their format node and are skipped.
@@ -121,8 +121,13 @@ class _At:
 
 
 def normalize(value: Any, where: str, top: Optional[str] = None) -> Chain:
-    """Detect the input's kind and normalize it. `top` picks a QMP top node by name."""
+    """Detect the input's kind and normalize it. `top` picks a QMP top node by name.
+    Detection is exact: qemu-img info output is an object (or an array of them) with
+    'filename', 'format' and 'virtual-size', which qemu-img always prints; QMP data is
+    an array of nodes with 'node-name'. Anything else is refused, by name where it is
+    a known look-alike."""
     at = _At(where)
+    _refuse_look_alike(value, at)
     if isinstance(value, dict):
         if "error" in value and isinstance(value["error"], dict):
             err = value["error"]
@@ -131,9 +136,8 @@ def normalize(value: Any, where: str, top: Optional[str] = None) -> Chain:
         if "return" in value:
             nodes = value["return"]
             if not isinstance(nodes, list):
-                raise (at / "return").fail(f"expected an array of block nodes, got {_kind(nodes)}; {SHAPES}")
-            if _query_block(nodes):
-                raise (at / "return").fail(QUERY_BLOCK)
+                raise (at / "return").fail(f"a QMP reply to another command ({_kind(nodes)}, not an "
+                                           f"array of block nodes); {SHAPES}")
             return _qmp(nodes, at / "return", top)
         if "filename" in value or "format" in value:
             return _qemu_img(_flatten(value, at), at, top)
@@ -146,20 +150,35 @@ def normalize(value: Any, where: str, top: Optional[str] = None) -> Chain:
             return _qmp(value, at, top)
         if any(qmp):
             raise (at / qmp.index(False)).fail("not a QMP block node (no 'node-name') among QMP nodes")
-        if _query_block(value):
-            raise at.fail(QUERY_BLOCK)
         return _qemu_img([(at / i, (at / i).obj(e)) for i, e in enumerate(value)], at, top)
     raise at.fail(f"{_kind(value)}; {SHAPES}")
 
 
-QUERY_BLOCK = "this looks like QMP query-block; use query-named-block-nodes with \"flat\": true"
+# JSON that other commands print, recognized by fields that they always have, so that
+# the error says what the input is instead of what it lacks.
+LOOK_ALIKES: tuple[tuple[str, Callable[[dict[str, Any]], bool]], ...] = (
+    ("qemu-img check --output=json", lambda o: "check-errors" in o),
+    ("qemu-img measure --output=json", lambda o: "required" in o and "fully-allocated" in o),
+    ("qemu-img map --output=json", lambda o: {"start", "length", "depth"} <= o.keys()),
+    ("QMP query-block; use query-named-block-nodes with \"flat\": true",
+     lambda o: "device" in o and "filename" not in o and "node-name" not in o),
+    ("a QMP greeting", lambda o: "QMP" in o),
+    ("a QMP event", lambda o: "event" in o and "timestamp" in o),
+)
 
 
-def _query_block(value: list[Any]) -> bool:
-    """QMP query-block output: one entry per disk, with 'device' and no 'node-name'."""
-    first = value[0] if value else None
-    return (isinstance(first, dict) and "device" in first and "filename" not in first
-            and "node-name" not in first)
+def _refuse_look_alike(value: Any, at: _At) -> None:
+    """An InputError naming what the input looks like, when it is a known look-alike:
+    the whole value, a QMP reply's return, or the first entry of either."""
+    here = at
+    if isinstance(value, dict) and isinstance(value.get("return"), (list, dict)):
+        value, here = value["return"], at / "return"
+    first = value[0] if isinstance(value, list) and value else value
+    if not isinstance(first, dict):
+        return
+    for what, test in LOOK_ALIKES:
+        if test(first):
+            raise here.fail(f"this looks like {what}, not what kbrules reads; {SHAPES}")
 
 
 def _either(first: Optional[str], second: Optional[str]) -> Optional[str]:
@@ -183,6 +202,9 @@ def _qemu_img(images: list[tuple[_At, dict[str, Any]]], at: _At, top: Optional[s
         raise InputError(f"{at.where}: --top picks a node of QMP data; this is qemu-img info output")
     layers = []
     for index, (here, image) in enumerate(images):
+        filename = here.get(image, "filename", str, required=True)
+        fmt = here.get(image, "format", str, required=True)
+        here.get(image, "virtual-size", int, required=True)  # qemu-img always prints it
         facts, data = _image(here, image)
         bitmaps: tuple[Bitmap, ...] = ()
         if data is not None:
@@ -190,8 +212,7 @@ def _qemu_img(images: list[tuple[_At, dict[str, Any]]], at: _At, top: Optional[s
             entries = dat.get(data, "bitmaps", list) or []
             bitmaps = _unique(dat / "bitmaps", [_plain_bitmap(b) or _qemu_img_bitmap(dat / "bitmaps" / i, b)
                                                 for i, b in enumerate(entries)])
-        layers.append(Layer(layer=index, filename=here.get(image, "filename", str, required=True),
-                            format=here.get(image, "format", str, required=True), node=None,
+        layers.append(Layer(layer=index, filename=filename, format=fmt, node=None,
                             bitmaps=bitmaps, **facts))
     return Chain("qemu-img", tuple(layers), complete=layers[-1].backing is None)
 

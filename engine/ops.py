@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 Subject = dict[str, Any]
 Compiled = Callable[[Subject], Any]
@@ -71,37 +71,72 @@ def jq_eq(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+# The JSON types that facts and literals have. An integer is also a number.
+Types = frozenset[str]
+BOOLEAN, INTEGER, NUMBER, STRING, NULL = "boolean", "integer", "number", "string", "null"
+CONDITION: Types = frozenset({BOOLEAN, NULL})  # what jq's truthiness can judge sensibly
+
+
+def type_of(value: Any) -> str:
+    """The JSON type of a literal as YAML gives it (0.10 is a number, "0.10" a string)."""
+    if value is None:
+        return NULL
+    if isinstance(value, bool):
+        return BOOLEAN
+    if isinstance(value, int):
+        return INTEGER
+    if isinstance(value, float):
+        return NUMBER
+    return STRING
+
+
+def describe(types: Types) -> str:
+    """'integer or null', for messages and docs."""
+    order = (BOOLEAN, INTEGER, NUMBER, STRING, NULL)
+    return " or ".join(t for t in order if t in types)
+
+
+def _numbers(types: Types) -> Types:
+    """Integers count as numbers when two types are compared."""
+    return frozenset(NUMBER if t == INTEGER else t for t in types)
+
+
 @dataclass(frozen=True)
 class Op:
     name: str
     doc: str
     arity: int  # operands; 0 means "a list of one or more"
+    takes: str  # how operands are typed: "condition", "equal", "order" or "string"
+    gives: Types  # the types of its result
     py: Callable[..., Any]  # takes the operands' values
     jq: Callable[[list[str]], str]  # takes the operands' jq texts
 
 
+_BOOL = frozenset({BOOLEAN})
+
 OPS: dict[str, Op] = {
     op.name: op
     for op in (
-        Op("not", "true when the operand is false or null", 1,
+        Op("not", "true when the operand is false or null", 1, "condition", _BOOL,
            lambda a: not truthy(a), lambda t: f"({t[0]} | not)"),
-        Op("all", "true when every operand is true", 0,
+        Op("all", "true when every operand is true", 0, "condition", _BOOL,
            lambda *a: all(truthy(x) for x in a), lambda t: "([" + ", ".join(t) + "] | all)"),
-        Op("any", "true when at least one operand is true", 0,
+        Op("any", "true when at least one operand is true", 0, "condition", _BOOL,
            lambda *a: any(truthy(x) for x in a), lambda t: "([" + ", ".join(t) + "] | any)"),
-        Op("eq", "the two operands are equal (no type coercion)", 2,
+        Op("eq", "the two operands are equal (no type coercion)", 2, "equal", _BOOL,
            jq_eq, lambda t: f"({t[0]} == {t[1]})"),
-        Op("ne", "the two operands differ", 2,
+        Op("ne", "the two operands differ", 2, "equal", _BOOL,
            lambda a, b: not jq_eq(a, b), lambda t: f"({t[0]} != {t[1]})"),
-        Op("lt", "first < second, in jq's order of values", 2,
+        Op("lt", "first < second, in jq's order of values", 2, "order", _BOOL,
            lambda a, b: jq_cmp(a, b) < 0, lambda t: f"({t[0]} < {t[1]})"),
-        Op("le", "first <= second", 2,
+        Op("le", "first <= second", 2, "order", _BOOL,
            lambda a, b: jq_cmp(a, b) <= 0, lambda t: f"({t[0]} <= {t[1]})"),
-        Op("gt", "first > second", 2,
+        Op("gt", "first > second", 2, "order", _BOOL,
            lambda a, b: jq_cmp(a, b) > 0, lambda t: f"({t[0]} > {t[1]})"),
-        Op("ge", "first >= second", 2,
+        Op("ge", "first >= second", 2, "order", _BOOL,
            lambda a, b: jq_cmp(a, b) >= 0, lambda t: f"({t[0]} >= {t[1]})"),
-        Op("bytes", "the length of a string in UTF-8 bytes (null for other values)", 1,
+        Op("bytes", "the length of a string in UTF-8 bytes (null for other values)", 1, "string",
+           frozenset({INTEGER, NULL}),
            lambda a: len(a.encode("utf-8")) if isinstance(a, str) else None,
            lambda t: f"({t[0]} | if type == \"string\" then utf8bytelength else null end)"),
     )
@@ -111,32 +146,92 @@ OPS: dict[str, Op] = {
 FIELD = "field"
 
 
-def expression_schema() -> dict[str, Any]:
-    """JSON Schema of an expression, built from the table so they cannot drift."""
-    expr = {"$ref": "#/$defs/expr"}
-    alternatives: list[dict[str, Any]] = [
-        {"type": ["string", "number", "boolean", "null"]},
-        {"type": "object", "additionalProperties": False, "minProperties": 1, "maxProperties": 1,
-         "properties": {FIELD: {"type": "string"}}, "required": [FIELD]},
-    ]
-    for op in OPS.values():
-        operand = (expr if op.arity == 1 else
-                   {"type": "array", "items": expr, "minItems": op.arity or 1,
-                    **({"maxItems": op.arity} if op.arity else {})})
-        alternatives.append({"type": "object", "additionalProperties": False,
-                             "properties": {op.name: operand}, "required": [op.name]})
-    return {"oneOf": alternatives}
+class ExprError(ValueError):
+    """A malformed or ill-typed expression; `path` leads to the part at fault."""
+
+    def __init__(self, path: tuple[Any, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
-def fields_used(expr: Any) -> list[str]:
-    """Every fact name an expression reads, in order."""
+def _what(expr: Any) -> str:
+    if isinstance(expr, dict) and FIELD in expr:
+        return f"fact '{expr[FIELD]}'"
+    if isinstance(expr, dict):
+        return f"the '{next(iter(expr))}' expression"
+    return f"the literal {json.dumps(expr)}"
+
+
+def typecheck(expr: Any, facts: Mapping[str, Types], subject: str, path: tuple[Any, ...] = ()) -> Types:
+    """The types `expr` can take, once it is known to be well formed, to read only facts
+    of `subject` (`facts`: name -> types), and to give each operation operands it can
+    work with: a comparison that can never hold, or a string used as a condition, is a
+    mistake in the rule, not a rule that never fires. Raises ExprError."""
+    if expr is None or isinstance(expr, (bool, int, float, str)):
+        return frozenset({type_of(expr)})
     if not isinstance(expr, dict):
-        return []
+        raise ExprError(path, "expected a literal (string, number, boolean, null) or an operation "
+                              f"{{NAME: OPERANDS}}, got {'a list' if isinstance(expr, list) else type(expr).__name__}")
+    if len(expr) != 1:
+        raise ExprError(path, f"an operation is a mapping with one key, got {len(expr)} keys "
+                              f"({', '.join(map(str, expr)) or 'none'})")
     (name, arg), = expr.items()
     if name == FIELD:
-        return [arg]
-    operands = [arg] if OPS[name].arity == 1 else arg
-    return [f for e in operands for f in fields_used(e)]
+        if not isinstance(arg, str):
+            raise ExprError(path + (FIELD,), "'field' takes the name of a fact")
+        if arg not in facts:
+            raise ExprError(path + (FIELD,), f"unknown fact '{arg}' for subject '{subject}' "
+                                             f"(known: {', '.join(facts)})")
+        return facts[arg]
+    op = OPS.get(name)
+    if op is None:
+        raise ExprError(path, f"unknown operation '{name}' (known: {', '.join([FIELD, *OPS])})")
+    if op.arity == 1:
+        operands, paths = [arg], [path + (name,)]
+    elif not isinstance(arg, list) or len(arg) < 1 or (op.arity and len(arg) != op.arity):
+        wanted = f"a list of {op.arity} operands" if op.arity else "a list of one or more operands"
+        got = f"{len(arg)}" if isinstance(arg, list) else "no list"
+        raise ExprError(path + (name,), f"'{name}' takes {wanted}, got {got}")
+    else:
+        operands, paths = arg, [path + (name, i) for i in range(len(arg))]
+    types = [typecheck(e, facts, subject, p) for e, p in zip(operands, paths)]
+    _operands_fit(op, operands, types, paths)
+    return op.gives
+
+
+def _operands_fit(op: Op, operands: list[Any], types: list[Types], paths: list[tuple[Any, ...]]) -> None:
+    if op.takes == "condition":
+        for e, t, p in zip(operands, types, paths):
+            expect_condition(e, t, p, f"'{op.name}' needs")
+    elif op.takes == "string":
+        if STRING not in types[0]:
+            raise ExprError(paths[0], f"'{op.name}' measures a string, but {_what(operands[0])} "
+                                      f"is {describe(types[0])}")
+    else:
+        (a, b), (ta, tb) = operands, types
+        where = paths[0][:-1]
+        if op.takes == "order":
+            values = (_numbers(ta) | _numbers(tb)) - {NULL}
+            if not (values <= {NUMBER} or values <= {STRING}):
+                raise ExprError(where, f"'{op.name}' orders {_what(a)} ({describe(ta)}) and "
+                                       f"{_what(b)} ({describe(tb)}): compare numbers with "
+                                       f"numbers or strings with strings")
+        elif not _numbers(ta) & _numbers(tb):
+            raise ExprError(where, f"'{op.name}' compares {_what(a)} ({describe(ta)}) with "
+                                   f"{_what(b)} ({describe(tb)}): they are never equal")
+
+
+def expect_condition(expr: Any, types: Types, path: tuple[Any, ...], needs: str = "must be") -> None:
+    """`expr` must be true or false: any other value is always "true" in jq."""
+    if not types <= CONDITION:
+        raise ExprError(path, f"{needs} a condition (true or false), but {_what(expr)} is "
+                              f"{describe(types)}")
+
+
+def expect_layer(expr: Any, types: Types, path: tuple[Any, ...]) -> None:
+    """`expr` must be a layer index, in every case."""
+    if types != {INTEGER}:
+        raise ExprError(path, f"must be a layer index (integer), but {_what(expr)} is {describe(types)}")
 
 
 def compile_py(expr: Any) -> Compiled:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass, replace
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 from .errors import InputError, ToolError
-from .model import Chain
-from .normalize import normalize, parse_json
 
 TIMEOUT = 120  # seconds; qemu-img reads 2000 layers in about 1 s
 LOCKED = 'Failed to get shared "write" lock'
@@ -48,10 +46,10 @@ def _info_argv(path: str, image_format: Optional[str], force_share: bool, chain:
             + [path])
 
 
-def read_image(path: str, image_format: Optional[str] = None,
-               force_share: bool = False) -> tuple[Any, Chain, list[str]]:
-    """qemu-img's JSON for an image on disk, its chain, and qemu-img's warnings (stderr
-    of a run that succeeded)."""
+def info(path: str, image_format: Optional[str] = None,
+         force_share: bool = False) -> tuple[bytes, list[str]]:
+    """qemu-img info --output=json --backing-chain of an image on disk: its JSON text,
+    and qemu-img's warnings (stderr of a run that succeeded)."""
     ran = _run(_info_argv(path, image_format, force_share, chain=True))
     if ran.returncode != 0:
         if LOCKED in ran.stderr:
@@ -62,16 +60,10 @@ def read_image(path: str, image_format: Optional[str] = None,
                 f"\"arguments\":{{\"flat\":true}}}}' | kbrules check -  (or add --force-share "
                 f"to read it anyway; its in-use flags then mean nothing)")
         raise ToolError(f"{path}: qemu-img info failed (exit {ran.returncode}): {_one_line(ran.stderr)}")
-    value = parse_json(ran.stdout, f"{path}: qemu-img info output")
-    chain = normalize(value, path)
-    warnings = [line.strip() for line in ran.stderr.splitlines() if line.strip()]
-    if force_share:
-        chain = replace(chain, layers=tuple(
-            replace(l, shared_rw=_held_rw(l.filename, l.format)) for l in chain.layers))
-    return value, chain, warnings
+    return ran.stdout, [line.strip() for line in ran.stderr.splitlines() if line.strip()]
 
 
-def _held_rw(filename: str, fmt: str) -> bool:
+def held_rw(filename: str, fmt: str) -> bool:
     """Whether another program may hold this one layer open read-write: a plain
     (locking) read of that layer alone fails. Any failure counts as 'may'."""
     return _run(_info_argv(filename, fmt, force_share=False, chain=False)).returncode != 0

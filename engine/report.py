@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import textwrap
-import unicodedata
 from dataclasses import asdict
 from typing import Any
 
 from .model import Finding, Report
-from .rules import Rule
+from .rule import Rule
+from .text import count, show, table
 
 
 def to_dict(report: Report) -> dict[str, Any]:
@@ -23,22 +23,6 @@ def to_dict(report: Report) -> dict[str, Any]:
                     for v in report.bitmaps],
         "findings": [asdict(f) for f in report.findings],
     }
-
-
-def to_json(report: Report) -> str:
-    return json.dumps(to_dict(report), indent=2, ensure_ascii=False)
-
-
-def show(text: str, width: int = 0) -> str:
-    """Text safe for a terminal: control characters escaped, optionally shortened."""
-    if any(unicodedata.category(c) == "Cc" for c in text):
-        text = "".join(json.dumps(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in text)
-    return text if not width or len(text) <= width else text[: width - 1] + "…"
-
-
-def table(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
 
 def _finding_lines(f: Finding, about: str) -> list[str]:
@@ -85,11 +69,6 @@ def to_text(report: Report) -> str:
         summary += f"; {count(len(report.findings), 'chain finding')} ({count(errors, 'error')})"
     out += ["", summary]
     return "\n".join(out)
-
-
-def count(n: int, what: str) -> str:
-    """'1 rule', '2 rules'."""
-    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def explanation(rule: Rule) -> str:

@@ -9,7 +9,7 @@
   all) with its examples' inputs and outputs.
 - ``.. kbrules-cli::``: every command and option, read from engine.cli's parser.
 - ``.. kbrules-facts::``: every subject a rule is checked on and its facts, read from
-  engine.subjects.FACTS; ``.. kbrules-ops::``: every operation of a rule's checks, read
+  engine.subjects.KINDS; ``.. kbrules-ops::``: every operation of a rule's checks, read
   from engine.ops.OPS (the contributor page: they never drift from the code).
 
 The build warns (an error under ``-W``) when an article leaves one of its rules out,
@@ -32,7 +32,8 @@ from sphinx.util.parsing import nested_parse_to_nodes
 from . import docgen
 from .errors import KbrulesError
 from .examples import check_example
-from .rules import Rule, load
+from .loader import load_rules
+from .rule import Rule
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def _stem(docname: str) -> Optional[str]:
 def _load(path: Path) -> list[Rule]:
     """The rules of one file; a broken file is a warning (an error under -W)."""
     try:
-        return load(path)
+        return load_rules([path], examples=False)  # the build checks them itself
     except KbrulesError as e:
         logger.warning("%s", e)
         return []

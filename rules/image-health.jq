@@ -100,23 +100,24 @@ def kb_by_name($names):
   | map(select(.[0] | has("order")) | {name: .[0].name, order: .[0].order, copies: .[1:]})
   | sort_by(.order);
 
+
 def kb_subjects($names):
   . as $chain
   | kb_by_name($names) as $groups
   | [ foreach (.layers[] | .bitmaps | length) as $n (0; . + $n; . - $n) ] as $above
   | { bitmap: [ $groups[]
-                | { name, first_layer: .copies[0].layer, copies: (.copies | length),
-                    chain_complete: $chain.complete, last_layer: (($chain.layers | length) - 1),
-                    granularities: ([ .copies[].granularity | select(. != null) ] | unique | length) } ],
-      copy: [ $groups[].copies | to_entries[] | .value + {copies_above: .key} ],
-      layer: [ $chain.layers[]
-               | {layer, format, compat, corrupt, dirty, backing, backing_recorded, backing_format,
-                  below_format: $chain.layers[.layer + 1].format,
-                  bitmaps: (.bitmaps | length), bitmaps_above: $above[.layer]} ] };
+                | { name, copies, complete: $chain.complete, last: (($chain.layers | length) - 1) }
+                | { "name": (.name), "first_layer": (.copies[0].layer), "copies": (.copies | length), "chain_complete": (.complete), "last_layer": (.last), "granularities": ([.copies[].granularity | select(. != null)] | unique | length) } ],
+      copy: [ $groups[].copies | to_entries[] | .value + {above: .key}
+              | { "name": (.name), "layer": (.layer), "copies_above": (.above), "recording": (.recording), "inconsistent": (.inconsistent), "persistent": (.persistent), "busy": (.busy), "granularity": (.granularity) } ],
+      layer: [ $chain.layers[] | {layer: ., below: $chain.layers[.layer + 1], above: $above[.layer]}
+               | { "layer": (.layer.layer), "format": (.layer.format), "compat": (.layer.compat), "corrupt": (.layer.corrupt), "dirty": (.layer.dirty), "backing": (.layer.backing), "backing_recorded": (.layer.backing_recorded), "below_format": (.below.format), "backing_format": (.layer.backing_format), "bitmaps": (.layer.bitmaps | length), "bitmaps_above": (.above) } ] };
+
+def kb_layer_fields: { "filename": (.filename), "format": (.format), "node": (.node) };
+
 
 # One finding of a subject (.) at layer $at; facts win over the layer's fields.
-def kb_context($chain; $at):
-  $chain.layers[$at] as $l | {filename: $l.filename, format: $l.format, node: $l.node} + .;
+def kb_context($chain; $at): ($chain.layers[$at] | kb_layer_fields) + .;
 
 def kb_report($args):
   (($args.named.top) // null) as $top
@@ -142,7 +143,7 @@ def kb_report($args):
         remediation: ($c | "Record the format without touching any data: qemu-img rebase -u -F " + (.["below_format"] | tostring) + " -b " + (.["backing_recorded"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " (the format shown is what qemu-img probed; make sure it is the real one)."), caveat: null,
         si: 0, ri: 2, name: null } ),
     ( $S["bitmap"][] | select((.["granularities"] <= 1) | kb_truthy | not)
-    | (.["first_layer"]) as $at | kb_context($chain; $at) as $c
+    | (0) as $at | kb_context($chain; $at) as $c
     | { rule: "bitmap-granularity-mismatch", severity: "warning", layer: $at,
         filename: $c.filename, message: ($c | "bitmap '" + (.["name"] | tostring) + "' has " + (.["granularities"] | tostring) + " different granularities across the layers"),
         remediation: ($c | "Nothing is lost. To align them, start the bitmap anew with one granularity at the next full backup (qemu-img bitmap --add -g BYTES, or the granularity of a libvirt checkpoint)."), caveat: null,

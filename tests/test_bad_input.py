@@ -16,12 +16,12 @@ import pytest
 
 from engine import __version__
 from engine.cli import main
-from engine.rules import load_all
+from engine.loader import load_rules
 from helpers import LIBVIRT, Run, kbrules, make_chain, qemu_img
 
 # ---------------------------------------------------------------------------- helpers
 
-RULES = load_all()
+RULES = load_rules()
 
 
 
@@ -212,12 +212,12 @@ def test_qmp_error_reply_with_line_breaks_stays_one_line() -> None:
 
 @pytest.mark.parametrize("via", VIAS)
 @pytest.mark.parametrize("reply, needles", [
-    ({"return": {}}, ["return", "expected an array of block nodes, got an object"]),
-    ({"return": None}, ["return", "got null"]),
-    ({"return": "x"}, ["return", "got a string"]),
+    ({"return": {}}, ["return", "a QMP reply to another command (an object, not an array"]),
+    ({"return": None}, ["return", "a QMP reply to another command (null, not an array"]),
+    ({"return": "x"}, ["return", "a QMP reply to another command (a string, not an array"]),
     ({"return": []}, ["return", "no format node"]),
     ({"return": [1]}, ["return[0]", "expected an object, got a number"]),
-    ({"QMP": {"version": {}, "capabilities": []}}, ["top level", "neither"]),
+    ({"QMP": {"version": {}, "capabilities": []}}, ["top level", "this looks like a QMP greeting"]),
 ], ids=["object", "null", "string", "empty", "number", "greeting"])
 def test_qmp_reply_of_another_shape(via: str, reply: Any, needles: list[str], tmp_path: Path) -> None:
     run, where = run_value(via, reply, tmp_path)

@@ -18,7 +18,7 @@ from typing import Optional
 import pytest
 
 from engine import docgen
-from engine.rules import load
+from engine.loader import load_rules
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTICLES = ROOT / "docs" / "kbase"
@@ -48,7 +48,7 @@ def test_every_rule_is_stated_in_its_article(rules: Path) -> None:
     article = ARTICLES / f"{rules.stem}.rst"
     assert article.is_file(), f"rules/{rules.name} has no article docs/kbase/{article.name}"
     shown = docgen.rules_shown(article.read_text(encoding="utf-8"))
-    ids = [r.id for r in load(rules)]
+    ids = [r.id for r in load_rules([rules])]
     missing = [i for i in ids if i not in shown]
     assert not missing, f"{article.name} lacks '.. kbrules-rule::' for {missing}"
     assert len(shown) == len(set(shown)), f"{article.name} shows a rule twice: {shown}"
@@ -57,8 +57,8 @@ def test_every_rule_is_stated_in_its_article(rules: Path) -> None:
 @pytest.mark.parametrize("article", ARTICLE_FILES, ids=[p.stem for p in ARTICLE_FILES])
 def test_articles_name_only_rules_that_exist(article: Path) -> None:
     text = article.read_text(encoding="utf-8")
-    own = {r.id for r in load(ROOT / "rules" / f"{article.stem}.yaml")}
-    every = {r.id for p in RULE_FILES for r in load(p)}
+    own = {r.id for r in load_rules([ROOT / "rules" / f"{article.stem}.yaml"])}
+    every = {r.id for p in RULE_FILES for r in load_rules([p])}
     strangers = [i for i in docgen.rules_shown(text) if i not in own]
     assert not strangers, f"{article.name} shows rules not in rules/{article.stem}.yaml: {strangers}"
     unknown = sorted(docgen.rules_named(text) - every)
@@ -76,7 +76,7 @@ def test_rule_names_are_found_in_an_article() -> None:
 def test_rules_reference_covers_every_rule_and_example() -> None:
     text = docgen.rules_reference(RULE_FILES)
     for path in RULE_FILES:
-        for rule in load(path):
+        for rule in load_rules([path]):
             assert f".. _reference-{rule.id}:" in text
             assert rule.statement.strip().splitlines()[0] in text
             for number in range(1, len(rule.examples) + 1):
@@ -115,16 +115,16 @@ def test_cli_reference_follows_the_parser() -> None:
 
 
 def test_vocabulary_reference_covers_every_fact_and_operation() -> None:
-    from engine.ops import OPS
-    from engine.subjects import FACTS, LAYER_FIELDS
+    from engine.ops import OPS, describe
+    from engine.subjects import KINDS, LAYER_FIELDS
 
     facts = docgen.facts_reference()
-    for subject, table in FACTS.items():
-        assert f"``subject: {subject}``" in facts
-        for fact in table:
-            assert f"- ``{fact}``: " in facts, (subject, fact)
+    for kind in KINDS.values():
+        assert f"``subject: {kind.name}``" in facts
+        for fact in kind.facts:
+            assert f"- ``{fact.name}`` ({describe(fact.types)}): " in facts, (kind.name, fact.name)
     for field in LAYER_FIELDS:
-        assert f"``{{{field}}}``" in facts
+        assert f"``{{{field.name}}}``" in facts
     operations = docgen.ops_reference()
     for name in ["field", *OPS]:
         assert f"- ``{{{name}: " in operations, name
@@ -132,12 +132,16 @@ def test_vocabulary_reference_covers_every_fact_and_operation() -> None:
 
 def test_vocabulary_reference_follows_the_tables() -> None:
     from engine.ops import Op
+    from engine.subjects import Fact, Kind
 
-    text = docgen.facts_reference({"disk": {"size": "how *big* it is"}}, ("filename",))
-    assert "``subject: disk``" in text and "- ``size``: how \\*big\\* it is" in text
+    size = Fact("size", frozenset({"integer"}), "how *big* it is", lambda c: 0, "0")
+    name = Fact("filename", frozenset({"string"}), "its name", lambda c: "", '""')
+    text = docgen.facts_reference({"disk": Kind("disk", "each disk", (size,))}, (name,))
+    assert "``subject: disk``: each disk" in text and "- ``size`` (integer): how \\*big\\* it is" in text
     assert "``{filename}`` of the layer" in text
-    odd = Op("odd", "true for an odd number", 1, lambda a: a % 2 == 1, lambda t: f"({t[0]} % 2 == 1)")
-    some = Op("some", "true when one is", 0, lambda *a: any(a), lambda t: "")
+    odd = Op("odd", "true for an odd number", 1, "condition", frozenset({"boolean"}),
+             lambda a: a % 2 == 1, lambda t: f"({t[0]} % 2 == 1)")
+    some = Op("some", "true when one is", 0, "condition", frozenset({"boolean"}), lambda *a: any(a), lambda t: "")
     text = docgen.ops_reference({"odd": odd, "some": some})
     assert "- ``{odd: A}``: true for an odd number" in text
     assert "- ``{some: [A, B, ...]}``: true when one is" in text

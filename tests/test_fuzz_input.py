@@ -15,10 +15,10 @@ from typing import Any, Iterator, Optional
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.rules import load_all
+from engine.loader import load_rules
 from helpers import Run, kbrules
 
-RULES = load_all()
+RULES = load_rules()
 
 
 

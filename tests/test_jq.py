@@ -17,12 +17,12 @@ from engine import jqbackend
 from engine.evaluate import evaluate
 from engine.normalize import normalize
 from engine.report import to_dict
-from engine.rules import load_all
+from engine.loader import load_rules
 from helpers import FIXTURES, LIBVIRT, kbrules, make_chain
 from jqcases import case
 
 ROOT = Path(__file__).resolve().parents[1]
-RULES = load_all()
+RULES = load_rules()
 PROGRAM = jqbackend.compile_program(RULES)
 BINDING = jqbackend.binding(RULES)
 CLIS = [c for c in ("jq", "gojq") if shutil.which(c)]
@@ -145,7 +145,7 @@ def test_generated_chains_agree(program_file: Path) -> None:
 def test_committed_filter_is_fresh(yaml_file: Path) -> None:
     committed = yaml_file.with_suffix(".jq")
     assert committed.exists(), f"{committed} is missing: run kbrules jq --rules {yaml_file} > {committed}"
-    assert committed.read_text() == jqbackend.program_for_file(yaml_file), (
+    assert committed.read_text() == jqbackend.committed_program(load_rules([yaml_file]), yaml_file.stem), (
         f"{committed} is stale: regenerate it with kbrules jq --rules rules/{yaml_file.name}")
 
 
@@ -179,7 +179,7 @@ def test_kbrules_jq_is_the_program_for_all_rules(tmp_path: Path) -> None:
 
 
 def test_kbrules_jq_narrows_by_select_or_file() -> None:
-    one = kbrules("jq", "--select", "bitmap-recording", "bitmap-in-top")
+    one = kbrules("jq", "--select", "bitmap-recording", "--select", "bitmap-in-top")
     assert one.code == 0
     value = json.loads((ROOT / "docs" / "examples" / "broken-chain.json").read_text())
     report = libjq.compile(one.out, args={"ARGS": {"positional": [], "named": {}}}).input_value(value).first()

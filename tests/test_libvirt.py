@@ -10,7 +10,7 @@ import pytest
 
 from engine.evaluate import evaluate
 from engine.normalize import normalize
-from engine.rules import load_all
+from engine.loader import load_rules
 from helpers import LIBVIRT, kbrules
 
 with open(LIBVIRT / "cases.tsv", newline="") as f:
@@ -24,7 +24,7 @@ def test_cases_file_is_read() -> None:
 @pytest.mark.parametrize("file, bitmap, expected", CASES, ids=[f"{f}-{b}" for f, b, _ in CASES])
 def test_verdict_matches_libvirt(file: str, bitmap: str, expected: str) -> None:
     chain = normalize(json.loads((LIBVIRT / f"{file}.json").read_text()), file)
-    (verdict,) = evaluate(chain, load_all(), [bitmap]).bitmaps
+    (verdict,) = evaluate(chain, load_rules(), [bitmap]).bitmaps
     assert verdict.valid is (expected == "valid"), verdict.findings
 
 

@@ -58,5 +58,24 @@ def test_jq_semantics_not_python_semantics() -> None:
     assert ops.compile_py({"lt": [None, False]})({}) is True
 
 
-def test_fields_used() -> None:
-    assert ops.fields_used({"all": [{"field": "a"}, {"not": {"field": "b"}}, 3]}) == ["a", "b"]
+# Operands that each way of typing accepts, over facts of every type.
+FACT_TYPES = {"b": frozenset({"boolean"}), "n": frozenset({"integer", "null"}), "s": frozenset({"string"})}
+GOOD_OPERANDS = {"condition": {"field": "b"}, "equal": {"field": "n"}, "order": {"field": "n"},
+                 "string": {"field": "s"}}
+
+
+@pytest.mark.parametrize("op", ops.OPS.values(), ids=lambda op: op.name)
+def test_every_operation_is_typed(op: ops.Op) -> None:
+    good = GOOD_OPERANDS[op.takes]
+    expr = {op.name: good} if op.arity == 1 else {op.name: [good] * (op.arity or 2)}
+    assert ops.typecheck(expr, FACT_TYPES, "demo") == op.gives
+    wrong = {"condition": {"field": "s"}, "equal": "x", "order": "x", "string": {"field": "b"}}[op.takes]
+    bad = {op.name: wrong} if op.arity == 1 else {op.name: [good, wrong] if op.arity else [wrong]}
+    with pytest.raises(ops.ExprError):
+        ops.typecheck(bad, FACT_TYPES, "demo")
+
+
+def test_literal_types() -> None:
+    assert [ops.type_of(v) for v in (None, True, 3, 0.10, "0.10")] == \
+        ["null", "boolean", "integer", "number", "string"]
+    assert ops.describe(frozenset({"null", "integer"})) == "integer or null"

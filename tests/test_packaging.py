@@ -10,7 +10,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from engine.rules import load_all
+from engine.loader import load_rules
 from helpers import kbrules
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,4 +65,4 @@ def test_wheel_ships_and_runs_the_rules(tmp_path: Path) -> None:
                           env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"},
                           capture_output=True, text=True)
     assert done.returncode == 1, done.stderr
-    assert set(json.loads(done.stdout)["rules"]) == {r.id for r in load_all()}
+    assert set(json.loads(done.stdout)["rules"]) == {r.id for r in load_rules()}

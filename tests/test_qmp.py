@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from engine.rules import load_all
+from engine.loader import load_rules
 from helpers import FIXTURES, LIBVIRT, Run, kbrules, verdicts
 
-RULES = load_all()
+RULES = load_rules()
 
 
 

@@ -9,10 +9,12 @@ import pytest
 
 from engine.errors import RulesError
 from engine.examples import ENGINES, check_example
-from engine.rules import Template, default_files, load, load_all, sh_quote
+from engine.loader import default_files, load_rules
+from engine.rule import Template
+from engine.text import sh_quote
 from helpers import kbrules
 
-RULES = load_all()
+RULES = load_rules()
 EXAMPLES = [(r, e, i + 1) for r in RULES for i, e in enumerate(r.examples)]
 
 IDS = {"bitmap-in-top", "bitmap-contiguous", "bitmap-recording", "bitmap-consistent",
@@ -67,18 +69,18 @@ rules:
     examples:
       - expect: pass
         bitmap: a
-        input: {filename: t.qcow2, format: qcow2, format-specific: {type: qcow2, data: {bitmaps: [{name: a, flags: [auto]}]}}}
+        input: {filename: t.qcow2, format: qcow2, virtual-size: 1048576, format-specific: {type: qcow2, data: {bitmaps: [{name: a, flags: [auto]}]}}}
       - expect: fail
         bitmap: a
         layers: [0]
-        input: {filename: t.qcow2, format: qcow2, format-specific: {type: qcow2, data: {bitmaps: [{name: a, flags: []}]}}}
+        input: {filename: t.qcow2, format: qcow2, virtual-size: 1048576, format-specific: {type: qcow2, data: {bitmaps: [{name: a, flags: []}]}}}
 """
 
 
 def _load(tmp_path: Path, text: str) -> list:
     path = tmp_path / "demo.yaml"
     path.write_text(text)
-    return load(path)
+    return load_rules([path], examples=False)
 
 
 def test_good_file_loads(tmp_path: Path) -> None:
@@ -88,14 +90,15 @@ def test_good_file_loads(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("old, new, expected", [
-    ("require: {field: recording}", "require: {frobnicate: recording}", r"demo.yaml:8: rule demo-rule: .*require"),
-    ("require: {field: recording}", "require: {field: colour}", r"demo.yaml:8: rule demo-rule: unknown fact 'colour'"),
+    ("require: {field: recording}", "require: {frobnicate: recording}",
+     r"demo.yaml:8: rule demo-rule: require: unknown operation 'frobnicate' \(known: field, not, all, any, eq, ne, lt, le, gt, ge, bytes\)$"),
+    ("require: {field: recording}", "require: {field: colour}", r"demo.yaml:8: rule demo-rule: require: unknown fact 'colour' for subject 'copy' \(known: name, layer, "),
     ("message: \"bitmap {name}", "message: \"bitmap {nam}", r"demo.yaml:10: rule demo-rule: message names unknown field '\{nam\}'"),
     ("{filename|sh}", "{filename|upper}", r"demo.yaml:11: rule demo-rule: remediation: .*unknown filter"),
     ("    severity: error\n", "    severity: fatal\n", r"demo.yaml:6: rule demo-rule: rules.0.severity: 'fatal' is not one of"),
     ("    title: Copies record\n", "", r"demo.yaml:4: rule demo-rule: rules.0: 'title' is a required property"),
     ("subject: copy", "subject: bitmap", r"demo.yaml:4: rule demo-rule: subject 'bitmap' has no 'layer' fact"),
-    ("subject: copy", "subject: bitmap\n    at: 0", r"demo.yaml:9: rule demo-rule: unknown fact 'recording'"),
+    ("subject: copy", "subject: bitmap\n    at: 0", r"demo.yaml:9: rule demo-rule: require: unknown fact 'recording' for subject 'bitmap'"),
     ("      - expect: pass\n", "      - expect: fail\n", r"rule demo-rule: needs at least one passing and one failing"),
     ("rules:\n", "rules: [\n", r"demo.yaml:\d+: not valid YAML"),
 ])
@@ -103,6 +106,47 @@ def test_broken_file_names_file_line_and_rule(tmp_path: Path, old: str, new: str
     assert old in GOOD
     with pytest.raises(RulesError, match=expected):
         _load(tmp_path, GOOD.replace(old, new, 1))
+
+
+# Typed literals and operands: a rule that can never fire, or always does, is refused.
+TYPED = [
+    ('{eq: [{field: granularity}, "64k"]}',
+     r"require: 'eq' compares fact 'granularity' \(integer or null\) with the literal \"64k\" \(string\): they are never equal"),
+    ("{eq: [{field: layer}, null]}",
+     r"require: 'eq' compares fact 'layer' \(integer\) with the literal null \(null\): they are never equal"),
+    ("{field: name}", r"require: must be a condition \(true or false\), but fact 'name' is string"),
+    ("{not: {field: layer}}", r"require: 'not' needs a condition \(true or false\), but fact 'layer' is integer"),
+    ("{any: [{field: recording}, 1]}", r"require: 'any' needs a condition .* but the literal 1 is integer"),
+    ("{lt: [{field: name}, 3]}", r"require: 'lt' orders fact 'name' \(string\) and the literal 3 \(integer\)"),
+    ("{gt: [{bytes: {field: layer}}, 0]}", r"require: 'bytes' measures a string, but fact 'layer' is integer"),
+    ("{eq: [{field: layer}]}", r"require: 'eq' takes a list of 2 operands, got 1"),
+    ("{eq: {field: layer}}", r"require: 'eq' takes a list of 2 operands, got no list"),
+    ("{all: []}", r"require: 'all' takes a list of one or more operands, got 0"),
+    ("{not: {field: busy}, all: [true]}", r"require: an operation is a mapping with one key, got 2 keys \(not, all\)"),
+    ("{not: {field: [busy]}}", r"require: 'field' takes the name of a fact"),
+    ("[true]", r"require: expected a literal \(string, number, boolean, null\) or an operation"),
+]
+
+
+@pytest.mark.parametrize("require, expected", TYPED, ids=[t for t, _ in TYPED])
+def test_ill_typed_require_is_refused(tmp_path: Path, require: str, expected: str) -> None:
+    with pytest.raises(RulesError, match=r"demo.yaml:8: rule demo-rule: " + expected):
+        _load(tmp_path, GOOD.replace("require: {field: recording}", f"require: {require}"))
+
+
+def test_at_must_be_a_layer_index(tmp_path: Path) -> None:
+    with pytest.raises(RulesError, match=r"demo.yaml:9: rule demo-rule: at: must be a layer index "
+                                         r"\(integer\), but fact 'name' is string"):
+        _load(tmp_path, GOOD.replace("require: {field: recording}", "require: {field: recording}\n    at: {field: name}"))
+
+
+def test_a_float_where_a_string_is_meant(tmp_path: Path) -> None:
+    # compat: 0.10 is the number 0.1 in YAML, never equal to qemu-img's "0.10".
+    text = GOOD.replace("subject: copy", "subject: layer").replace(
+        "require: {field: recording}", "require:\n      all:\n        - {field: dirty}\n        - {ne: [{field: compat}, 0.10]}")
+    with pytest.raises(RulesError, match=r"demo.yaml:11: rule demo-rule: require: 'ne' compares fact "
+                                         r"'compat' \(string or null\) with the literal 0.1 \(number\): they are never equal"):
+        _load(tmp_path, text)
 
 
 def test_duplicate_id(tmp_path: Path) -> None:
@@ -142,8 +186,8 @@ def test_example_that_fails_its_rule(tmp_path: Path) -> None:
 def test_ids_are_unique_across_files(tmp_path: Path) -> None:
     copy = tmp_path / "copy.yaml"
     copy.write_text((default_files()[1]).read_text().replace("article: incremental-backup", "article: copy"))
-    with pytest.raises(RulesError, match=r"copy.yaml: rule bitmap-in-top: id already used in .*incremental-backup.yaml"):
-        load_all([default_files()[1], copy])
+    with pytest.raises(RulesError, match=r"copy.yaml:\d+: rule bitmap-in-top: id already used in .*incremental-backup.yaml:\d+"):
+        load_rules([default_files()[1], copy])
 
 
 def test_list_and_explain() -> None:

@@ -1,0 +1,109 @@
+"""The output formats of kbrules check, in one table: how each input's result is
+written to standard output. The CLI picks one by name and only calls add() and end().
+
+Whatever stdout can encode, the report gets out: JSON falls back to \\u escapes and
+text to backslash escapes when stdout is not UTF-8, so that exit 1 never means
+"could not print"."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+from .model import Report
+from .report import to_dict, to_text
+from .text import show
+
+
+@dataclass(frozen=True)
+class Result:
+    """What checking one input gave."""
+
+    source: str  # as the user named it
+    code: int  # the exit status it alone would give: 0, 1 or 2
+    report: Union[Report, dict[str, Any], None] = None  # a dict from the jq engine
+    error: Optional[str] = None  # the one-line reason, when code is 2
+
+    def data(self) -> dict[str, Any]:
+        """The JSON report."""
+        assert self.report is not None
+        return self.report if isinstance(self.report, dict) else to_dict(self.report)
+
+    def entry(self) -> dict[str, Any]:
+        """The JSON report with the input's name, or the input's name and its error."""
+        return {"input": self.source, "error": self.error} if self.error is not None else \
+            {"input": self.source, **self.data()}
+
+
+def _utf8() -> bool:
+    return (sys.stdout.encoding or "").lower().replace("-", "") == "utf8"
+
+
+def write_text(text: str) -> None:
+    if not _utf8() and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
+    print(text)
+
+
+def write_json(value: Any, indent: Optional[int] = 2) -> None:
+    print(json.dumps(value, indent=indent, ensure_ascii=not _utf8()))
+
+
+class Output:
+    """One output format. `batch`: several inputs in this run (each result then names
+    its input); otherwise exactly one result, never an error (the CLI reports that)."""
+
+    json = True  # the format is JSON: the jq engine can produce it
+    named = False  # each result names its input, even when there is one input
+    help = ""
+
+    def __init__(self, batch: bool) -> None:
+        self.batch = batch
+
+    def add(self, result: Result) -> None:
+        raise NotImplementedError
+
+    def end(self) -> None:
+        """After the last result."""
+
+
+class TextOutput(Output):
+    json = False
+    help = "for people: the chain, a table of bitmaps, the findings and what to do"
+
+    def add(self, result: Result) -> None:
+        if not isinstance(result.report, Report) and result.error is None:
+            raise TypeError("the text format needs a report of the Python engine")
+        body = f"error: {result.error}" if result.error is not None else to_text(result.report)  # type: ignore[arg-type]
+        write_text(f"== {show(result.source)} ==\n{body}\n" if self.batch else body)
+
+
+class JsonOutput(Output):
+    help = "one JSON report (README: 'JSON report'); with several inputs, an array of them, each with 'input'"
+
+    def __init__(self, batch: bool) -> None:
+        super().__init__(batch)
+        self.entries: list[dict[str, Any]] = []
+
+    def add(self, result: Result) -> None:
+        if self.batch:
+            self.entries.append(result.entry())
+        else:
+            write_json(result.data())
+
+    def end(self) -> None:
+        if self.batch:
+            write_json(self.entries)
+
+
+class JsonlOutput(Output):
+    named = True
+    help = "one JSON report per line, each with 'input' (or 'input' and 'error')"
+
+    def add(self, result: Result) -> None:
+        write_json(result.entry(), indent=None)
+
+
+FORMATS: dict[str, type[Output]] = {"text": TextOutput, "json": JsonOutput, "jsonl": JsonlOutput}

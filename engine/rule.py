@@ -1,0 +1,79 @@
+"""A rule as kbrules runs it: its text, its compiled check, its message templates and
+its own examples. Plain data; engine/loader.py makes these from rule files."""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .ops import Compiled
+from .text import sh_quote, tostring
+
+FILTERS = ("sh",)  # {field|sh}: the value quoted as one word for a POSIX shell
+
+
+@dataclass(frozen=True)
+class Template:
+    """Text with {field} and {field|sh} placeholders; {{ and }} are literal braces."""
+
+    text: str  # as written in the rules file
+    parts: tuple[tuple[str, Optional[str], Optional[str]], ...]  # (literal, field, filter)
+
+    @staticmethod
+    def parse(text: str) -> "Template":
+        parts: list[tuple[str, Optional[str], Optional[str]]] = []
+        try:
+            for literal, field, spec, conv in string.Formatter().parse(text):
+                if field is None:
+                    parts.append((literal, None, None))
+                    continue
+                if spec or conv or not field:
+                    raise ValueError(f"placeholder {{{field}}}: write {{field}} or {{field|sh}}")
+                name, _, filt = field.partition("|")
+                if filt and filt not in FILTERS:
+                    raise ValueError(f"unknown filter '|{filt}' in {{{field}}}")
+                parts.append((literal, name, filt or None))
+        except ValueError as e:
+            raise ValueError(f"bad template {text!r}: {e}") from None
+        return Template(text, tuple(parts))
+
+    def fields(self) -> list[str]:
+        return [f for _, f, _ in self.parts if f is not None]
+
+    def render(self, facts: dict[str, Any]) -> str:
+        out = []
+        for literal, field, filt in self.parts:
+            out.append(literal)
+            if field is not None:
+                value = facts.get(field)
+                out.append(sh_quote(value) if filt == "sh" else tostring(value))
+        return "".join(out)
+
+
+@dataclass(frozen=True)
+class Example:
+    expect: str  # "pass" or "fail"
+    bitmaps: tuple[str, ...]
+    input: Any
+    layers: Optional[tuple[int, ...]]  # where a failing example's findings must be
+    line: Optional[int] = None  # in the rules file
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    title: str
+    severity: str
+    subject: str  # a kind of engine.subjects.KINDS
+    statement: str
+    require: Any  # the expression, as written
+    at: Any  # expression of the finding's layer
+    message: Template
+    remediation: Template
+    examples: tuple[Example, ...]
+    article: str
+    source: str  # the file it came from
+    line: Optional[int]  # where the rule starts in it
+    check: Compiled
+    layer_of: Compiled
