@@ -4,7 +4,6 @@ calls is pure, but for engine.qemu (which runs qemu-img)."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor

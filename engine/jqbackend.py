@@ -163,12 +163,16 @@ def rule_jq(rule: Rule, index: int) -> str:
             f"        si: {SEVERITIES.index(rule.severity)}, ri: {index}, name: {name} }} )")
 
 
-def compile_program(rules: Sequence[Rule], header: str = "", entry: str = ENTRY_CLI) -> str:
-    prelude = PRELUDE.replace("FORMAT_DRIVERS", json.dumps(sorted(FORMAT_DRIVERS))).replace(
+def prelude() -> str:
+    """Normalization and subjects in jq: every definition but the report's."""
+    return PRELUDE.replace("FORMAT_DRIVERS", json.dumps(sorted(FORMAT_DRIVERS))).replace(
         "KB_SUBJECTS", subjects.jq_subjects())
+
+
+def compile_program(rules: Sequence[Rule], header: str = "", entry: str = ENTRY_CLI) -> str:
     body = MAIN.replace("RULE_IDS", json.dumps([r.id for r in rules])).replace(
         "RULES", ",\n    ".join(rule_jq(r, i) for i, r in enumerate(rules)))
-    return header + prelude + body + entry
+    return header + prelude() + body + entry
 
 
 def binding(rules: Sequence[Rule]) -> Any:

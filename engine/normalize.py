@@ -114,6 +114,10 @@ class _At:
             raise (self / key).fail(f"expected {_kind(kind())}, got {_kind(value)}")
         return value
 
+    def flag(self, obj: dict[str, Any], key: str) -> bool:
+        """obj[key] if a boolean; a missing boolean means false."""
+        return bool(self.get(obj, key, bool))
+
     def obj(self, value: Any) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise self.fail(f"expected an object, got {_kind(value)}")
@@ -138,6 +142,9 @@ def normalize(value: Any, where: str, top: Optional[str] = None) -> Chain:
             if not isinstance(nodes, list):
                 raise (at / "return").fail(f"a QMP reply to another command ({_kind(nodes)}, not an "
                                            f"array of block nodes); {SHAPES}")
+            if nodes and all(isinstance(n, dict) and "node-name" not in n for n in nodes):
+                raise (at / "return").fail(f"a QMP reply to another command (its entries have no "
+                                           f"'node-name': they are not block nodes); {SHAPES}")
             return _qmp(nodes, at / "return", top)
         if "filename" in value or "format" in value:
             return _qemu_img(_flatten(value, at), at, top)
@@ -161,7 +168,7 @@ LOOK_ALIKES: tuple[tuple[str, Callable[[dict[str, Any]], bool]], ...] = (
     ("qemu-img measure --output=json", lambda o: "required" in o and "fully-allocated" in o),
     ("qemu-img map --output=json", lambda o: {"start", "length", "depth"} <= o.keys()),
     ("QMP query-block; use query-named-block-nodes with \"flat\": true",
-     lambda o: "device" in o and "filename" not in o and "node-name" not in o),
+     lambda o: {"device", "locked", "removable"} <= o.keys()),
     ("a QMP greeting", lambda o: "QMP" in o),
     ("a QMP event", lambda o: "event" in o and "timestamp" in o),
 )
@@ -230,7 +237,7 @@ def _image(here: _At, image: dict[str, Any]) -> tuple[dict[str, Any], Optional[d
                            here.get(image, "backing-filename", str)),
         "backing_recorded": here.get(image, "backing-filename", str),
         "backing_format": here.get(image, "backing-filename-format", str),
-        "dirty": bool(here.get(image, "dirty-flag", bool)),
+        "dirty": here.flag(image, "dirty-flag"),
         "compat": dat.get(data, "compat", str) if data is not None else None,
         "corrupt": dat.get(data, "corrupt", bool) if data is not None else None,
     }
@@ -322,15 +329,13 @@ def _qmp_bitmaps(at: _At, node: dict[str, Any]) -> tuple[Bitmap, ...]:
     for i, entry in enumerate(entries):
         here = at / "dirty-bitmaps" / i
         entry = here.obj(entry)
-
-        def flag(key: str) -> bool:  # a missing boolean means false
-            return bool(here.get(entry, key, bool))
-
         status = here.get(entry, "status", str)  # QEMU < 4.0 had 'status', not 'recording'
-        recording = flag("recording") if "recording" in entry or status is None else status != "disabled"
+        recording = here.flag(entry, "recording") if "recording" in entry or status is None \
+            else status != "disabled"
         out.append(Bitmap(name=here.get(entry, "name", str, required=True),
-                          recording=recording, inconsistent=flag("inconsistent"),
-                          persistent=flag("persistent"), busy=flag("busy") or status in ("frozen", "locked"),
+                          recording=recording, inconsistent=here.flag(entry, "inconsistent"),
+                          persistent=here.flag(entry, "persistent"),
+                          busy=here.flag(entry, "busy") or status in ("frozen", "locked"),
                           granularity=here.get(entry, "granularity", int)))
     return _unique(at / "dirty-bitmaps", out)
 

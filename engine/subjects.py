@@ -157,9 +157,6 @@ def _maker(kind: Kind) -> Callable[[Any], dict[str, Any]]:
     return lambda context: {name: py(context) for name, py in pairs}
 
 
-_MAKERS = {name: _maker(kind) for name, kind in KINDS.items()}
-
-
 def contexts(chain: Chain, requested: Optional[Sequence[str]]) -> tuple[tuple[str, ...], dict[str, list[Any]]]:
     """The names being checked (the requested ones, first occurrence, else every name
     sorted) and every subject's context, by kind."""
@@ -187,7 +184,8 @@ def contexts(chain: Chain, requested: Optional[Sequence[str]]) -> tuple[tuple[st
 def build(chain: Chain, requested: Optional[Sequence[str]]) -> Subjects:
     """Every subject's facts, from the table."""
     names, by_kind = contexts(chain, requested)
-    return Subjects(names, {kind: [_MAKERS[kind](c) for c in found] for kind, found in by_kind.items()})
+    makers = {name: _maker(kind) for name, kind in KINDS.items()}
+    return Subjects(names, {kind: [makers[kind](c) for c in found] for kind, found in by_kind.items()})
 
 
 def layer_fields(layer: Layer) -> dict[str, Any]:

@@ -102,6 +102,21 @@ def kbrules(*args: str, stdin: bytes = b"") -> Run:
     return Run(code, out.getvalue(), err.getvalue())
 
 
+def assert_one_line_error(run: Run, *needles: str) -> str:
+    """Exit 2, exactly one non-empty line on stderr holding every needle, stdout empty,
+    no traceback: what every bad input and bad command line must give. The line."""
+    assert run.code == 2, (run.code, run.out, run.err)
+    assert run.out == "", f"a report or help on stdout with exit 2: {run.out[:300]!r}"
+    assert "Traceback" not in run.err
+    assert run.err.endswith("\n") and run.err.count("\n") == 1 and "\r" not in run.err, \
+        f"not exactly one line on stderr: {run.err!r}"
+    line = run.err.strip()
+    assert line.startswith("kbrules: ") and len(line) > len("kbrules: "), line
+    for needle in needles:
+        assert needle in line, f"{needle!r} not in {line!r}"
+    return line
+
+
 def verdicts(run: Run) -> dict[str, tuple[bool, list[tuple[str, int]]]]:
     """name -> (valid, [(rule, layer), ...]) from a JSON report."""
     return {b["name"]: (b["valid"], [(f["rule"], f["layer"]) for f in b["findings"]])

@@ -17,7 +17,8 @@ import pytest
 from engine import __version__
 from engine.cli import main
 from engine.loader import load_rules
-from helpers import LIBVIRT, Run, kbrules, make_chain, qemu_img
+from builders import bitmap, layer
+from helpers import LIBVIRT, Run, assert_one_line_error, kbrules, make_chain, qemu_img
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -25,20 +26,6 @@ RULES = load_rules()
 
 
 
-
-
-def assert_one_line_error(run: Run, *needles: str) -> str:
-    """Exit 2, exactly one non-empty line on stderr holding every needle, stdout empty."""
-    assert run.code == 2, (run.code, run.out, run.err)
-    assert run.out == "", f"a report or help on stdout with exit 2: {run.out[:300]!r}"
-    assert "Traceback" not in run.err
-    assert run.err.endswith("\n") and run.err.count("\n") == 1 and "\r" not in run.err, \
-        f"not exactly one line on stderr: {run.err!r}"
-    line = run.err.strip()
-    assert line.startswith("kbrules: ") and len(line) > len("kbrules: "), line
-    for needle in needles:
-        assert needle in line, f"{needle!r} not in {line!r}"
-    return line
 
 
 VIAS = ["stdin", "file.json", "file"]
@@ -58,30 +45,10 @@ def run_value(via: str, value: Any, tmp_path: Path, *extra: str) -> tuple[Run, s
     return run_input(via, json.dumps(value).encode(), tmp_path, *extra)
 
 
-def qcow2(name: str, bitmaps: list[Any], backing: str | None = None) -> dict[str, Any]:
-    """One layer as qemu-img info --output=json prints it (the fields that matter)."""
-    layer: dict[str, Any] = {
-        "virtual-size": 1048576, "filename": name, "cluster-size": 65536, "format": "qcow2",
-        "actual-size": 200704, "dirty-flag": False,
-        "format-specific": {"type": "qcow2", "data": {
-            "compat": "1.1", "compression-type": "zlib", "lazy-refcounts": False,
-            "refcount-bits": 16, "corrupt": False, "extended-l2": False}}}
-    if bitmaps:
-        layer["format-specific"]["data"]["bitmaps"] = bitmaps
-    if backing:
-        layer.update({"backing-filename": backing, "full-backing-filename": backing,
-                      "backing-filename-format": "qcow2"})
-    return layer
-
-
-def bm(name: str, *flags: str) -> dict[str, Any]:
-    return {"name": name, "granularity": 65536, "flags": list(flags)}
-
-
 def chain() -> list[dict[str, Any]]:
     """A good 2-layer qemu-img --backing-chain value, to break in one place."""
-    return [qcow2("top.qcow2", [bm("a", "auto"), bm("b", "auto")], backing="base.qcow2"),
-            qcow2("base.qcow2", [bm("a", "auto")])]
+    return [layer("top.qcow2", [bitmap("a", "auto"), bitmap("b", "auto")], backing="base.qcow2"),
+            layer("base.qcow2", [bitmap("a", "auto")])]
 
 
 def qmp_nodes() -> list[dict[str, Any]]:
@@ -224,6 +191,38 @@ def test_qmp_reply_of_another_shape(via: str, reply: Any, needles: list[str], tm
     assert_one_line_error(run, where, *needles)
 
 
+@pytest.fixture(scope="module")
+def other_commands(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """What other qemu-img commands print as JSON, about a real image."""
+    d = tmp_path_factory.mktemp("others")
+    make_chain(d, [{"a": "ok"}, {}])
+    return {command: qemu_img(command, "--output=json", "layer0.qcow2", cwd=d).encode()
+            for command in ("check", "measure", "map")}
+
+
+@pytest.mark.parametrize("via", VIAS)
+@pytest.mark.parametrize("command", ["check", "measure", "map"])
+def test_other_qemu_img_commands_are_named(via: str, command: str, other_commands: dict[str, bytes],
+                                           tmp_path: Path) -> None:
+    """qemu-img check output has 'filename' and 'format' too: it once passed for an image
+    without bitmaps (exit 0)."""
+    run, where = run_input(via, other_commands[command], tmp_path)
+    assert_one_line_error(run, where, f"this looks like qemu-img {command} --output=json")
+
+
+@pytest.mark.parametrize("value, needles", [
+    ({"event": "BLOCK_JOB_COMPLETED", "data": {"device": "vda"}, "timestamp": {"seconds": 1}},
+     ["top level", "this looks like a QMP event"]),
+    ({"return": [{"id": "job0", "type": "backup", "device": "vda", "status": "running"}]},
+     ["return", "a QMP reply to another command (its entries have no 'node-name'"]),
+    ({"filename": "x.qcow2", "format": "qcow2"}, ["top level", "missing 'virtual-size'"]),
+    ([layer("top.qcow2", [], "base.qcow2"), {"filename": "base.qcow2", "format": "qcow2"}],
+     ["[1]", "missing 'virtual-size'"]),
+], ids=["event", "another-reply", "no-virtual-size", "no-virtual-size-below"])
+def test_look_alikes_are_refused(value: Any, needles: list[str]) -> None:
+    assert_one_line_error(kbrules("check", "-", stdin=json.dumps(value).encode()), *needles)
+
+
 def test_qmp_only_protocol_nodes() -> None:
     nodes = [n for n in qmp_nodes() if n["drv"] == "file"]
     assert_one_line_error(kbrules("check", "-", stdin=json.dumps(nodes).encode()),
@@ -319,10 +318,6 @@ def test_nested_backing_image_path() -> None:
                           "expected a string, got null")
 
 
-def _qmp_node(nodes: list[dict[str, Any]], name: str) -> int:
-    return next(i for i, n in enumerate(nodes) if n["node-name"] == name)
-
-
 QMP_DEEP: list[tuple[str, Callable[[list[dict[str, Any]]], None], list[str]]] = [
     ("dirty-bitmaps-an-object",
      lambda ns: ns[0].update({"dirty-bitmaps": {"name": "a"}}),
@@ -380,7 +375,7 @@ def test_qmp_wrong_type_deep_inside(wrapped: bool, mutate: Callable[[list[dict[s
 @pytest.mark.parametrize("via", VIAS)
 def test_two_bitmaps_of_one_name_in_a_layer_qemu_img(via: str, tmp_path: Path) -> None:
     doc = chain()
-    doc[0]["format-specific"]["data"]["bitmaps"].append(bm("a", "auto"))
+    doc[0]["format-specific"]["data"]["bitmaps"].append(bitmap("a", "auto"))
     run, where = run_value(via, doc, tmp_path)
     assert_one_line_error(run, where, "[0].format-specific.data.bitmaps[2]:",
                           "a second bitmap named 'a' in one layer")

@@ -16,7 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.loader import load_rules
-from helpers import Run, kbrules
+import builders
+from builders import bitmap, qmp_bitmap
+from helpers import Run, assert_one_line_error, kbrules
 
 RULES = load_rules()
 
@@ -44,11 +46,7 @@ def check_finding(f: Any, layers: int) -> None:
 def check_outcome(run: Run) -> Optional[dict[str, Any]]:
     """The only allowed outcomes; the report when there is one."""
     if run.code == 2:
-        assert run.out == "", f"output with exit 2: {run.out[:200]!r}"
-        assert "Traceback" not in run.err
-        assert run.err.startswith("kbrules: ") and run.err.endswith("\n"), repr(run.err)
-        assert run.err.count("\n") == 1 and "\r" not in run.err, f"not one line: {run.err!r}"
-        assert run.err.strip() != "kbrules:"
+        assert_one_line_error(run)
         return None
     assert run.code in (0, 1), run
     assert run.err == "", run.err
@@ -108,14 +106,14 @@ def encode(value: Any, how: str) -> bytes:
     return json.dumps(value, ensure_ascii=False, indent=1).encode("utf-8", "surrogatepass")
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(value=json_values, how=st.sampled_from(["ascii", "utf-8"]),
        extra=st.sampled_from([(), ("--top", "top-format"), ("--bitmap", "a")]))
 def test_any_json_value(value: Any, how: str, extra: tuple[str, ...]) -> None:
     check_outcome(kbrules("check", "-", "--format", "json", *extra, stdin=encode(value, how)))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(deadline=None)
 @given(data=st.binary(max_size=64) | st.text(max_size=64).map(lambda t: t.encode("utf-8")))
 def test_any_bytes(data: bytes) -> None:
     check_outcome(kbrules("check", "-", "--format", "json", stdin=data))
@@ -166,56 +164,21 @@ def qemu_img_value(chain: dict[str, Any], draw: st.DrawFn) -> Any:
     layers = chain["layers"]
     out = []
     for i, bitmaps in enumerate(layers):
-        name = f"/var/lib/images/layer{i}.qcow2"
-        data: dict[str, Any] = {"compat": "1.1", "lazy-refcounts": False, "refcount-bits": 16,
-                                "corrupt": False, "extended-l2": False}
-        if bitmaps:  # absent, never [], when there are none
-            data["bitmaps"] = [{"name": n, "granularity": s["granularity"], "flags": list(s["flags"])}
-                               for n, s in bitmaps.items()]
-        image: dict[str, Any] = {"virtual-size": 1048576, "filename": name, "format": "qcow2",
-                                 "actual-size": 200704, "dirty-flag": False, "cluster-size": 65536,
-                                 "format-specific": {"type": "qcow2", "data": data}}
-        if i + 1 < len(layers) or chain["incomplete"]:
-            below = f"/var/lib/images/layer{i + 1}.qcow2"
-            image.update({"backing-filename": f"layer{i + 1}.qcow2", "full-backing-filename": below,
-                          "backing-filename-format": "qcow2"})
-        if draw(st.booleans()):
-            image["children"] = [{"name": "file", "info": {"children": [], "virtual-size": 197120,
-                                                            "filename": name, "format": "file"}}]
-        out.append(image)
+        below = i + 1 < len(layers) or chain["incomplete"]
+        out.append(builders.layer(f"/var/lib/images/layer{i}.qcow2",
+                         [bitmap(n, *s["flags"], granularity=s["granularity"]) for n, s in bitmaps.items()],
+                         f"layer{i + 1}.qcow2" if below else None,
+                         full_backing=f"/var/lib/images/layer{i + 1}.qcow2", children=draw(st.booleans())))
     if len(out) == 1 and draw(st.booleans()):
         return out[0]  # plain qemu-img info: one object
     return out
 
 
 def qmp_disk(chain: dict[str, Any], prefix: str) -> list[dict[str, Any]]:
-    layers = chain["layers"]
-    nodes = []
-    for i, bitmaps in enumerate(layers):
-        file = f"/var/lib/images/{prefix}{i}.qcow2"
-        image: dict[str, Any] = {"virtual-size": 1048576, "filename": file, "format": "qcow2",
-                                 "format-specific": {"type": "qcow2", "data": {"compat": "1.1"}}}
-        if i + 1 < len(layers) or chain["incomplete"]:
-            below = f"/var/lib/images/{prefix}{i + 1}.qcow2"
-            image.update({"backing-filename": below, "full-backing-filename": below,
-                          "backing-filename-format": "qcow2"})
-        dirty = []
-        for n, s in bitmaps.items():
-            entry: dict[str, Any] = {"name": n, "recording": "auto" in s["flags"],
-                                     "persistent": s["persistent"], "busy": s["busy"],
-                                     "granularity": s["granularity"], "count": 0}
-            if "in-use" in s["flags"]:  # present only when true
-                entry["inconsistent"] = True
-            dirty.append(entry)
-        node: dict[str, Any] = {"node-name": f"{prefix}-{i}-format", "drv": "qcow2", "file": file,
-                                "image": image, "ro": i > 0, "backing_file_depth": len(layers) - 1 - i}
-        if dirty:
-            node["dirty-bitmaps"] = dirty
-        nodes.append(node)
-        nodes.append({"node-name": f"{prefix}-{i}-storage", "drv": "file", "file": file,
-                      "image": {"virtual-size": 197120, "filename": file, "format": "file"},
-                      "ro": i > 0, "backing_file_depth": 0})
-    return nodes
+    return builders.qmp_disk([[qmp_bitmap(n, recording="auto" in s["flags"], persistent=s["persistent"],
+                                          busy=s["busy"], inconsistent="in-use" in s["flags"],
+                                          granularity=s["granularity"]) for n, s in bitmaps.items()]
+                              for bitmaps in chain["layers"]], prefix, incomplete=chain["incomplete"])
 
 
 def check_report(run: Run, chain: dict[str, Any], transient_ok: bool) -> dict[str, Any]:
@@ -231,7 +194,7 @@ def check_report(run: Run, chain: dict[str, Any], transient_ok: bool) -> dict[st
     return report
 
 
-@settings(max_examples=100, deadline=None)
+@settings(deadline=None)
 @given(chain=chains(), data=st.data())
 def test_well_formed_qemu_img(chain: dict[str, Any], data: st.DataObject) -> None:
     value = qemu_img_value(chain, data.draw)
@@ -241,7 +204,7 @@ def test_well_formed_qemu_img(chain: dict[str, Any], data: st.DataObject) -> Non
         f"/var/lib/images/layer{i}.qcow2" for i in range(len(chain["layers"]))]
 
 
-@settings(max_examples=100, deadline=None)
+@settings(deadline=None)
 @given(chain=chains(), other=st.none() | chains(), data=st.data())
 def test_well_formed_qmp(chain: dict[str, Any], other: Optional[dict[str, Any]],
                          data: st.DataObject) -> None:
@@ -257,7 +220,7 @@ def test_well_formed_qmp(chain: dict[str, Any], other: Optional[dict[str, Any]],
         f"vda-{i}-format" for i in range(len(chain["layers"]))]
 
 
-@settings(max_examples=50, deadline=None)
+@settings(deadline=None)
 @given(chain=chains(), other=chains())
 def test_two_disks_without_top_name_both(chain: dict[str, Any], other: dict[str, Any]) -> None:
     nodes = qmp_disk(chain, "vda") + qmp_disk(other, "vdb")
@@ -267,7 +230,7 @@ def test_two_disks_without_top_name_both(chain: dict[str, Any], other: dict[str,
     assert "vdb-0-format (/var/lib/images/vdb0.qcow2)" in run.err
 
 
-@settings(max_examples=60, deadline=None)
+@settings(deadline=None)
 @given(chain=chains(), names=st.lists(NAMES | st.text(min_size=1, max_size=10), min_size=1,
                                       max_size=3))
 def test_requested_bitmaps_are_reported_in_order(chain: dict[str, Any], names: list[str]) -> None:
@@ -310,7 +273,7 @@ def replace_at(value: Any, path: tuple[Any, ...], new: Any, delete: bool) -> Any
     return value
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(chain=chains(), qmp=st.booleans(), data=st.data())
 def test_well_formed_broken_in_one_place(chain: dict[str, Any], qmp: bool, data: st.DataObject) -> None:
     """Real-looking input with one value replaced by any JSON value, or one key or item

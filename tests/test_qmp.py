@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from engine.loader import load_rules
-from helpers import FIXTURES, LIBVIRT, Run, kbrules, verdicts
+from builders import node
+from helpers import FIXTURES, LIBVIRT, Run, assert_one_line_error, kbrules, verdicts
 
 RULES = load_rules()
 
@@ -42,18 +43,8 @@ def reply() -> dict[str, Any]:
     return value
 
 
-def node(nodes: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    return next(n for n in nodes if n["node-name"] == name)
-
-
 def run_value(value: Any, *argv: str) -> Run:
     return kbrules("check", "-", "--format", "json", *argv, stdin=json.dumps(value).encode())
-
-
-def one_line_error(run: Run) -> str:
-    assert run.code == 2 and run.out == "" and "Traceback" not in run.err, run
-    assert run.err.count("\n") == 1 and run.err.endswith("\n"), run.err
-    return run.err.strip()
 
 
 # ------------------------------------------------------------------ libvirt's data
@@ -125,7 +116,7 @@ def test_fixture_is_a_real_capture_of_what_the_script_describes() -> None:
 
 def test_two_disks_without_top_lists_each_candidate_and_its_file(tmp_path: Path) -> None:
     for run in (kbrules("check", str(TWO_DISKS)), run_value(reply()), run_value(reply()["return"])):
-        line = one_line_error(run)
+        line = assert_one_line_error(run)
         assert "2 disks" in line and "--top" in line
         assert f"top-format ({DIR}/top.qcow2)" in line
         assert f"data-top-format ({DIR}/data-top.qcow2)" in line
@@ -165,7 +156,7 @@ def test_text_report_with_top() -> None:
 
 @pytest.mark.parametrize("top", ["vda", "top-storage", "libvirt-1-format", ""])
 def test_unknown_top_lists_candidates(top: str) -> None:
-    line = one_line_error(kbrules("check", str(TWO_DISKS), "--top", top))
+    line = assert_one_line_error(kbrules("check", str(TWO_DISKS), "--top", top))
     assert f"no format node named {top!r}" in line
     assert f"top-format ({DIR}/top.qcow2)" in line
     assert f"data-top-format ({DIR}/data-top.qcow2)" in line
@@ -265,7 +256,7 @@ def test_old_qemu_status_field() -> None:
 def test_qmp_error_reply_from_the_same_command() -> None:
     error = {"error": {"class": "CommandNotFound",
                        "desc": "The command query-named-block-nodes has not been found"}}
-    line = one_line_error(run_value(error))
+    line = assert_one_line_error(run_value(error))
     assert "QMP error reply: CommandNotFound: The command query-named-block-nodes" in line
 
 
