@@ -1,0 +1,31 @@
+"""bench/run --quick: the benchmark still runs end to end, measures every ratio it
+declares, and its batch really checks every chain (so that it cannot rot between the
+runs people make of it)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.mark.slow
+def test_quick_benchmark_measures_every_ratio() -> None:
+    done = subprocess.run([sys.executable, str(BENCH / "run"), "--quick"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sys.path.insert(0, str(BENCH))
+    try:
+        from ratios import MEMORY, RATIOS
+    finally:
+        sys.path.remove(str(BENCH))
+    for what in [r.what for r in RATIOS] + [m.what for m in MEMORY]:
+        row = re.search(rf"^{re.escape(what)}\s+(.*)$", done.stdout, re.M)
+        assert row, f"{what!r} missing:\n{done.stdout}"
+        assert re.search(r"\s\d+\.\d\d\s+<= [\d.]+\s+(PASS|MISS)$", row.group(0)), row.group(0)
+    assert "note:" not in done.stdout, done.stdout
