@@ -165,63 +165,81 @@ def _inner_places(expr: Any, here: tuple[Any, ...] = ()) -> list[tuple[Any, ...]
     return out
 
 
-def _build(path: Path, data: Any, lines: dict[str, int]) -> list[Rule]:
-    """Rules from schema-valid data, after the checks a schema cannot make."""
-    def line_of(where: Sequence[Any]) -> Optional[int]:
+@dataclass(frozen=True)
+class _Places:
+    """Where things are in one rules file, for errors that name FILE:LINE: rule ID."""
+
+    path: Path
+    data: Any
+    lines: dict[str, int]
+
+    def line(self, where: Sequence[Any]) -> Optional[int]:
         for n in range(len(where), 1, -1):  # the nearest place that has a line
-            if _key(where[:n]) in lines:
-                return lines[_key(where[:n])]
+            if _key(where[:n]) in self.lines:
+                return self.lines[_key(where[:n])]
         return None
 
-    def fail(where: Sequence[Any], what: str) -> RulesError:
-        return _error(path, line_of(where), data, where, what)
+    def fail(self, where: Sequence[Any], what: str) -> RulesError:
+        return _error(self.path, self.line(where), self.data, where, what)
 
+
+def _build(path: Path, data: Any, lines: dict[str, int]) -> list[Rule]:
+    """Rules from schema-valid data, after the checks a schema cannot make."""
+    places = _Places(path, data, lines)
     rules: list[Rule] = []
     seen: dict[str, int] = {}
     for i, raw in enumerate(data["rules"]):
-        here = ["rules", i]
-        rid = raw["id"]
-        if rid in seen:
-            raise fail(here + ["id"], f"duplicate id (also rule #{seen[rid] + 1}, "
-                                      f"line {line_of(['rules', seen[rid]])})")
-        seen[rid] = i
-        kind = KINDS[raw["subject"]]
-        facts = kind.types()
-        at = raw.get("at", {"field": "layer"})
-        if "at" not in raw and "layer" not in facts:
-            raise fail(here, f"subject '{kind.name}' has no 'layer' fact: say where findings are with 'at'")
-        try:
-            types = ops.typecheck(raw["require"], facts, kind.name, ("require",))
-            ops.expect_condition(raw["require"], types, ("require",))
-            ops.expect_layer(at, ops.typecheck(at, facts, kind.name, ("at",)), ("at",))
-        except ops.ExprError as e:
-            raise fail(here + list(e.path), f"{e.path[0]}: {e}") from None
-        templates = {}
-        for key in ("message", "remediation"):
-            try:
-                templates[key] = Template.parse(raw[key])
-            except ValueError as e:
-                raise fail(here + [key], f"{key}: {e}") from None
-            known = [*facts, *(f.name for f in LAYER_FIELDS if f.name not in facts)]
-            for f in templates[key].fields():
-                if f not in known:
-                    raise fail(here + [key], f"{key} names unknown field '{{{f}}}' (known: "
-                                             f"{', '.join(known)})")
-        examples = tuple(
-            Example(e["expect"], tuple(e["bitmaps"]) if "bitmaps" in e else
-                    ((e["bitmap"],) if "bitmap" in e else ()), e["input"],
-                    tuple(e["layers"]) if "layers" in e else None,
-                    lines.get(f"rules.{i}.examples.{k}"))
-            for k, e in enumerate(raw["examples"]))
-        if {e.expect for e in examples} != {"pass", "fail"}:
-            raise fail(here + ["examples"], "needs at least one passing and one failing example")
-        rules.append(Rule(
-            id=rid, title=raw["title"], severity=raw["severity"], subject=kind.name,
-            statement=raw["statement"], require=raw["require"], at=at,
-            message=templates["message"], remediation=templates["remediation"],
-            examples=examples, article=data["article"], source=str(path), line=line_of(here),
-            check=ops.compile_py(raw["require"]), layer_of=ops.compile_py(at)))
+        if raw["id"] in seen:
+            first = seen[raw["id"]]
+            raise places.fail(["rules", i, "id"], f"duplicate id (also rule #{first + 1}, "
+                                                  f"line {places.line(['rules', first])})")
+        seen[raw["id"]] = i
+        rules.append(_rule(places, i, raw))
     return rules
+
+
+def _rule(places: _Places, i: int, raw: dict[str, Any]) -> Rule:
+    here: list[Any] = ["rules", i]
+    kind = KINDS[raw["subject"]]
+    facts = kind.types()
+    at = raw.get("at", {"field": "layer"})
+    if "at" not in raw and "layer" not in facts:
+        raise places.fail(here, f"subject '{kind.name}' has no 'layer' fact: say where findings are with 'at'")
+    try:
+        types = ops.typecheck(raw["require"], facts, kind.name, ("require",))
+        ops.expect_condition(raw["require"], types, ("require",))
+        ops.expect_layer(at, ops.typecheck(at, facts, kind.name, ("at",)), ("at",))
+    except ops.ExprError as e:
+        raise places.fail(here + list(e.path), f"{e.path[0]}: {e}") from None
+    known = [*facts, *(f.name for f in LAYER_FIELDS if f.name not in facts)]
+    message, remediation = (_template(places, here + [key], raw[key], known)
+                            for key in ("message", "remediation"))
+    examples = tuple(
+        Example(e["expect"], tuple(e["bitmaps"]) if "bitmaps" in e else
+                ((e["bitmap"],) if "bitmap" in e else ()), e["input"],
+                tuple(e["layers"]) if "layers" in e else None,
+                places.lines.get(f"rules.{i}.examples.{k}"))
+        for k, e in enumerate(raw["examples"]))
+    if {e.expect for e in examples} != {"pass", "fail"}:
+        raise places.fail(here + ["examples"], "needs at least one passing and one failing example")
+    return Rule(id=raw["id"], title=raw["title"], severity=raw["severity"], subject=kind.name,
+                statement=raw["statement"], require=raw["require"], at=at, message=message,
+                remediation=remediation, examples=examples, article=places.data["article"],
+                source=str(places.path), line=places.line(here),
+                check=ops.compile_py(raw["require"]), layer_of=ops.compile_py(at))
+
+
+def _template(places: _Places, where: list[Any], text: str, known: Sequence[str]) -> Template:
+    """A message or remediation template that names only known fields."""
+    key = where[-1]
+    try:
+        template = Template.parse(text)
+    except ValueError as e:
+        raise places.fail(where, f"{key}: {e}") from None
+    for f in template.fields():
+        if f not in known:
+            raise places.fail(where, f"{key} names unknown field '{{{f}}}' (known: {', '.join(known)})")
+    return template
 
 
 @dataclass(frozen=True)
