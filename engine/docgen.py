@@ -15,6 +15,7 @@ from .evaluate import evaluate
 from .loader import load_rules, rules_dir
 from .normalize import normalize
 from .report import to_text
+from .model import ADVICE
 from .rule import Rule, Template
 from .subjects import KINDS
 from .text import sh_quote
@@ -81,12 +82,21 @@ def rule_head(rule: Rule, level: int = 0) -> str:
     return "\n".join(lines)
 
 
+def remediation(rule: Rule, title: str) -> list[str]:
+    """A rule's remediation: one paragraph, or one item per advice where they differ."""
+    texts = {advice: template(t) for advice, t in rule.remediation.items()}
+    if len(set(texts.values())) == 1:
+        return [f"{title}: {next(iter(texts.values()))}", ""]
+    return [f"{title}, for data from", "",
+            *[f"- {escape(ADVICE[advice])}: {text}" for advice, text in texts.items()], ""]
+
+
 def rule_tail(rule: Rule) -> str:
     """The end of a rule's section: what kbrules says when it fails, and what to do."""
     return "\n".join([
         ".. rubric:: When it fails", "",
         f"kbrules reports: “{template(rule.message)}”", "",
-        f"What to do: {template(rule.remediation)}", ""])
+        *remediation(rule, "What to do")])
 
 
 # The rules reference ---------------------------------------------------------------------
@@ -106,7 +116,7 @@ def rule_reference(rule: Rule, level: int, has_article: bool = True) -> list[str
              f":Article: :ref:`{rule.id}`" if has_article else ":Article: (missing)", "",
              *rule.statement.strip().splitlines(), "",
              f"**Message:** {template(rule.message)}", "",
-             f"**Remediation:** {template(rule.remediation)}", ""]
+             *remediation(rule, "**Remediation**")]
     for number, example in enumerate(rule.examples, 1):
         names = ", ".join(map(_name, example.bitmaps)) or "every bitmap"
         verdict = "passes" if example.expect == "pass" else "fails" + (
@@ -275,10 +285,10 @@ def facts_reference(kinds: Optional[dict[str, Any]] = None,
     engine.subjects.KINDS (so the list follows the code), and the layer fields that
     templates may also name."""
     from .ops import describe
-    from .subjects import LAYER_FIELDS
+    from .subjects import FINDING_FIELDS
 
     kinds = KINDS if kinds is None else kinds
-    layer_fields = LAYER_FIELDS if layer_fields is None else layer_fields
+    layer_fields = FINDING_FIELDS if layer_fields is None else layer_fields
     lines: list[str] = []
     for kind in kinds.values():
         lines += [f".. rubric:: ``subject: {kind.name}``: {escape(kind.doc)}", ""]
@@ -287,7 +297,8 @@ def facts_reference(kinds: Optional[dict[str, Any]] = None,
         names = [f"``{{{f.name}}}``" for f in layer_fields]
         listed = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
         lines += ["Besides its subject's facts, a message or remediation may name "
-                  f"{listed} of the layer the finding is about. ``{{fact|sh}}`` quotes the "
+                  f"{listed}: of the layer the finding is about, and of the libvirt domain. "
+                  "``{{fact|sh}}`` quotes the "
                   "value as one word for a POSIX shell; ``{{`` and ``}}`` are literal braces.", ""]
     return "\n".join(lines)
 

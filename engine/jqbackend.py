@@ -15,7 +15,7 @@ import threading
 from typing import Any, Optional, Sequence
 
 from . import ops, subjects
-from .model import SEVERITIES
+from .model import SEVERITIES, Context
 from .normalize import FORMAT_DRIVERS
 from .rule import Rule, Template
 from .text import SH_ESCAPED
@@ -41,60 +41,96 @@ def kb_qemu_img:
   (if type == "object" then [recurse(.["backing-image"] // empty)] else . end)
   | [ to_entries[] | .key as $i | .value
       | ((.["format-specific"] // {}) | if .type == "qcow2" then (.data // {}) else null end) as $q
-      | { layer: $i, filename: .filename, format: .format, node: null,
+      | { layer: $i, filename: .filename, format: .format, node: null, held: null,
           bitmaps: [ ($q // {}) | (.bitmaps // [])[] | (.flags // []) as $f
                      | { name: .name, layer: $i, recording: any($f[]; . == "auto"),
                          inconsistent: any($f[]; . == "in-use"), persistent: true,
                          busy: false, granularity: .granularity } ] } + kb_image ]
   | { source: "qemu-img", layers: ., complete: (.[-1].backing == null) };
 
-# QMP query-named-block-nodes: rebuild the chain from backing file names.
-def kb_qmp($top):
+# The bitmaps of a QMP format node in layer $i; nameless ones are a backup job's own,
+# which libvirt skips too.
+def kb_qmp_bitmaps($i):
+  [ (.["dirty-bitmaps"] // [])[] | select(has("name"))
+    | { name: .name, layer: $i,
+        recording: (if has("recording") or .status == null then .recording == true
+                    else .status != "disabled" end),
+        inconsistent: (.inconsistent == true), persistent: (.persistent == true),
+        busy: (.busy == true or .status == "frozen" or .status == "locked"),
+        granularity: .granularity } ];
+
+# QMP query-named-block-nodes: the chain of the format nodes $nodes (a libvirt disk's,
+# top first), else rebuilt from backing file names from $top or the one top.
+def kb_qmp($top; $nodes):
   (FORMAT_DRIVERS | map({(.): true}) | add) as $isfmt
+  | [ .[] | select(.drv == "copy-before-write" or .drv == "backup-top") | .file ] as $protected
   | [ .[] | select($isfmt[.drv] == true) | . + { kb: ((.image // {}) | kb_image) } ] as $fmts
-  | if ($fmts | length) == 0 then kb_fail("no format node among the QMP block nodes") else . end
-  | (reduce $fmts[] as $n ({}; .[$n.file] = $n)) as $byfile
-  | (reduce ($fmts[].kb.backing | select(. != null)) as $b ({}; .[$b] = true)) as $named
-  | [ $fmts[] | select($named[.file] | not) ] as $tops
-  | (if $top != null then
-       ([ $fmts[] | select(.["node-name"] == $top) ] | if length > 0 then .[0]
-        else kb_fail("no format node named " + ($top | tojson)) end)
-     elif ($tops | length) == 1 then $tops[0]
-     elif ($tops | length) == 0 then kb_fail("the backing files form a loop: no top node")
-     else kb_fail(($tops | length | tostring) + " disks in this QMP data; pick one with --top NODE: "
-                  + ([ $tops[] | .["node-name"] + " (" + .file + ")" ] | join(", "))) end) as $start
-  | [ limit(($fmts | length) + 1; $start | recurse(if .kb.backing != null then ($byfile[.kb.backing] // empty) else empty end)) ]
-  | if length > ($fmts | length) then kb_fail("backing loop") else . end
+  | if ($fmts | length) == 0 then kb_fail("no format node (drv qcow2, raw, ...) among the QMP block nodes") else . end
+  | (if $nodes != null then
+       [ $nodes[] | . as $want
+         | ([ $fmts[] | select(.["node-name"] == $want) ] | .[0])
+           // kb_fail("no format node named " + ($want | tojson) + " in the QMP data, though the domain's disk has it") ]
+     else
+       # A backup job's scratch or target names the disk's top as its backing file.
+       [ $fmts[] | select(.kb.backing as $b | $protected | index([$b]) | not) ] as $disk
+       # One node per file: a base shared by two disks has a node per disk.
+       | [ $disk | group_by(.file)[] | sort_by(.["node-name"])
+           | ([ .[] | {drv, kb, b: kb_qmp_bitmaps(0)} ] | unique | length) as $kinds
+           | if $kinds == 1 then .[0]
+             else kb_fail("two format nodes for file " + (.[0].file | tojson) + " (" + (.[0]["node-name"] | tojson)
+                          + " and " + (.[1]["node-name"] | tojson) + ") with different bitmaps: which belongs"
+                          + " to this disk's chain only the domain knows (kbrules check --domain)") end ] as $files
+       | (reduce $files[] as $n ({}; .[$n.file] = $n)) as $byfile
+       | (reduce ($files[].kb.backing | select(. != null)) as $b ({}; .[$b] = true)) as $named
+       | [ $files[] | select($named[.file] | not) ] as $tops
+       | (if $top != null then
+            ([ $fmts[] | select(.["node-name"] == $top) ] | if length > 0 then .[0]
+             else kb_fail("no format node named " + ($top | tojson)) end)
+          elif ($tops | length) == 1 then $tops[0]
+          elif ($tops | length) == 0 then kb_fail("the backing files form a loop: no top node")
+          else kb_fail(($tops | length | tostring) + " disks in this QMP data; pick one with --top NODE: "
+                       + ([ $tops[] | .["node-name"] + " (" + .file + ")" ] | join(", "))) end) as $start
+       | [ limit(($files | length) + 1; $start | recurse(if .kb.backing != null then ($byfile[.kb.backing] // empty) else empty end)) ]
+       | if length > ($files | length) then kb_fail("backing loop") else . end
+     end)
   | { source: "qmp",
       layers: [ to_entries[] | .key as $i | .value
-        | { layer: $i, filename: .file, format: .drv, node: .["node-name"],
-            bitmaps: [ (.["dirty-bitmaps"] // [])[]
-              | { name: .name, layer: $i,
-                  recording: (if has("recording") or .status == null then .recording == true
-                              else .status != "disabled" end),
-                  inconsistent: (.inconsistent == true), persistent: (.persistent == true),
-                  busy: (.busy == true or .status == "frozen" or .status == "locked"),
-                  granularity: .granularity } ] } + .kb ],
+        | { layer: $i, filename: .file, format: .drv, node: .["node-name"], held: false,
+            bitmaps: kb_qmp_bitmaps($i) } + .kb ],
       complete: (.[-1].kb.backing == null) };
 
-def kb_chain($top):
-  if type == "object" and (.error | type) == "object" then
-    kb_fail("QMP error reply: " + (.error.class // "Error") + ": " + (.error.desc // "(no description)"))
-  elif type == "object" and has("return") then .return | kb_qmp($top)
-  elif type == "array" and length > 0 and all(.[]; type == "object" and has("node-name")) then kb_qmp($top)
-  elif $top != null then kb_fail("--top picks a node of QMP data; this is qemu-img info output")
-  elif type == "object" or (type == "array" and length > 0) then kb_qemu_img
-  else kb_fail("not qemu-img info or QMP query-named-block-nodes JSON") end;
+# $ctx: what kbrules knows besides the JSON (engine.model.Context): the libvirt
+# domain and disk, the disk's QMP nodes, whether kbrules read the image with locks.
+def kb_chain($top; $ctx):
+  (if type == "object" and (.error | type) == "object" then
+     kb_fail("QMP error reply: " + (.error.class // "Error") + ": " + (.error.desc // "(no description)"))
+   elif type == "object" and has("return") then .return | kb_qmp($top; $ctx.nodes)
+   elif type == "array" and length > 0 and all(.[]; type == "object" and has("node-name")) then kb_qmp($top; $ctx.nodes)
+   elif $top != null then kb_fail("--top picks a node of QMP data; this is qemu-img info output")
+   elif type == "object" or (type == "array" and length > 0) then kb_qemu_img
+   else kb_fail("not qemu-img info or QMP query-named-block-nodes JSON") end)
+  | .domain = ($ctx.domain // null)
+  | (.domain != null or $ctx.read_locked == true) as $known
+  | .layers |= map(.held = (if .held == false or $known then false else null end))
+  | .advice = (if .domain != null then "libvirt" elif .source == "qmp" then "qmp" else "image" end);
+
+# Bitmap name -> the checkpoint that names it for the chain's disk.
+def kb_checkpoint_bitmaps:
+  (.domain // {checkpoints: [], disk: null}) as $d
+  | [ $d.checkpoints[] | .name as $c | .disks[]
+      | select(.name == $d.disk and .checkpoint == "bitmap" and .bitmap != null) | {key: .bitmap, value: $c} ]
+  | from_entries;
 
 # Linear in every jq: no lookup objects or arrays grown inside `reduce` (jq 1.6 and gojq
 # copy a nested array or object on each update, which is quadratic); grouping is done
 # by sorting instead (group_by is stable, so copies stay in layer order).
 
-# The names being checked: the requested ones (first occurrence), else every name, sorted.
+# The names being checked: the requested ones (first occurrence), else every name,
+# and every name that a checkpoint gives the disk, sorted.
 def kb_names($req):
   if ($req | length) > 0 then
     $req | to_entries | group_by(.value) | map(.[0]) | sort_by(.key) | map(.value)
-  else [ .layers[].bitmaps[].name ] | unique end;
+  else [ .layers[].bitmaps[].name, (kb_checkpoint_bitmaps | keys[]) ] | unique end;
 
 # [{name, order, copies: [bitmap + {layer}, ...]}] for each checked name, in order.
 def kb_by_name($names):
@@ -106,27 +142,45 @@ def kb_by_name($names):
 
 KB_SUBJECTS
 
-# One finding of a subject (.) at layer $at; facts win over the layer's fields.
-def kb_context($chain; $at): ($chain.layers[$at] | kb_layer_fields) + .;
+# One finding of a subject (.) at layer $at; facts win over the finding's fields.
+def kb_context($chain; $at): ({layer: $chain.layers[$at], domain: $chain.domain} | kb_finding_fields) + .;
 """
 
 MAIN = r"""
+def kb_verdicts($F; $names):
+  [ [ ($names | to_entries[] | {name: .value, order: .key}), ($F[] | select(.group == "bitmap")) ]
+    | group_by(.name)[]
+    | (.[0].order) as $order
+    | ([ .[1:][] ] | sort_by(.si, .ri, .layer) | map(del(.si, .ri, .name, .group))) as $found
+    | { order: $order, name: .[0].name, valid: all($found[]; .severity != "error"), findings: $found } ]
+  | sort_by(.order) | map(del(.order));
+
+def kb_checkpoints($F; $points; $bitmaps):
+  if ($points | length) == 0 then [] else
+    ([ $bitmaps[] | {key: .name, value: .valid} ] | from_entries) as $valid
+    | [ $points[] | .name as $n
+        | ([ $F[] | select(.group == "checkpoint" and .name == $n) ] | sort_by(.si, .ri, .layer)
+           | map(del(.si, .ri, .name, .group))) as $found
+        | { name: .name, bitmap: .bitmap,
+            usable: (.covers and all($found[]; .severity != "error") and ($valid[.bitmap // ""] == true)),
+            findings: $found } ] end;
+
 def kb_report($args):
   (($args.named.top) // null) as $top
-| kb_chain($top) as $chain
+| kb_chain($top; ($args.named.context // {})) as $chain
 | ($chain | kb_names($args.positional // [])) as $names
-| ($chain | kb_subjects($names)) as $S
+| ($chain | kb_subjects($names; $args.positional // [])) as $S
 | [ RULES ] as $F
+| kb_verdicts($F; $names) as $bitmaps
+| kb_checkpoints($F; $S.checkpoint; $bitmaps) as $points
 | { source: $chain.source,
     chain: [ $chain.layers[] | {layer, filename, format, node} ],
     rules: RULE_IDS,
-    bitmaps: [ [ ($names | to_entries[] | {name: .value, order: .key}), ($F[] | select(.name != null)) ]
-               | group_by(.name)[]
-               | (.[0].order) as $order
-               | ([ .[1:][] ] | sort_by(.si, .ri, .layer) | map(del(.si, .ri, .name))) as $found
-               | { order: $order, name: .[0].name, valid: all($found[]; .severity != "error"), findings: $found } ]
-             | sort_by(.order) | map(del(.order)),
-    findings: [ $F[] | select(.name == null) ] | sort_by(.si, .ri, .layer) | map(del(.si, .ri, .name)) };
+    bitmaps: $bitmaps,
+    findings: [ $F[] | select(.group == null) ] | sort_by(.si, .ri, .layer) | map(del(.si, .ri, .name, .group)),
+    domain: ($chain.domain | if . == null then null else {name, disk, running} end),
+    checkpoints: $points,
+    newest_usable_checkpoint: ([ $points[] | select(.usable) | .name ] | last) };
 """
 # As a jq file: $ARGS holds --arg top NODE and --args NAME... .
 ENTRY_CLI = "\nkb_report($ARGS)\n"
@@ -154,13 +208,19 @@ def template_jq(template: Template) -> str:
 def rule_jq(rule: Rule, index: int) -> str:
     """jq text giving every finding of one rule, each tagged with its severity's and the
     rule's index (for ordering) and the bitmap name (for grouping; null for chain-level)."""
-    name = ".name" if subjects.grouped(rule.subject) else "null"
+    group = subjects.KINDS[rule.subject].group
+    if len({t.text for t in rule.remediation.values()}) == 1:
+        advice = f"$c | {template_jq(next(iter(rule.remediation.values())))}"
+    else:
+        advice = " el".join(f"if $chain.advice == {json.dumps(a)} then ($c | {template_jq(t)})\n          "
+                            for a, t in rule.remediation.items()) + "else null end"
     return (f"( $S[{json.dumps(rule.subject)}][] | select({ops.compile_jq(rule.require)} | kb_truthy | not)\n"
             f"    | ({ops.compile_jq(rule.at)}) as $at | kb_context($chain; $at) as $c\n"
             f"    | {{ rule: {json.dumps(rule.id)}, severity: {json.dumps(rule.severity)}, layer: $at,\n"
             f"        filename: $c.filename, message: ($c | {template_jq(rule.message)}),\n"
-            f"        remediation: ($c | {template_jq(rule.remediation)}), caveat: null,\n"
-            f"        si: {SEVERITIES.index(rule.severity)}, ri: {index}, name: {name} }} )")
+            f"        remediation: ({advice}), caveat: null,\n"
+            f"        si: {SEVERITIES.index(rule.severity)}, ri: {index}, name: .name, "
+            f"group: {json.dumps(group)} }} )")
 
 
 def prelude() -> str:
@@ -183,9 +243,13 @@ def binding(rules: Sequence[Rule]) -> Any:
 
 
 def run(compiled: Any, value: Any, bitmaps: Optional[Sequence[str]] = None,
-        top: Optional[str] = None) -> Any:
-    """The report, as `jq -f PROGRAM --arg top TOP --args BITMAPS...` would print it."""
-    args = {"positional": list(bitmaps or []), "named": {"top": top} if top is not None else {}}
+        top: Optional[str] = None, context: Optional[Context] = None) -> Any:
+    """The report, as `jq -f PROGRAM --arg top TOP --argjson context CONTEXT --args
+    BITMAPS...` would print it."""
+    named: dict[str, Any] = {} if top is None else {"top": top}
+    if context is not None:
+        named["context"] = context.to_json()
+    args = {"positional": list(bitmaps or []), "named": named}
     with _RUNNING:  # one compiled program is one jq state: not for two threads at once
         return compiled.input_value([value, args]).first()
 

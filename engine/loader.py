@@ -21,9 +21,9 @@ from typing import Any, Optional, Sequence
 from . import cache, ops
 from .errors import RulesError, UsageError
 from .examples import check_example
-from .model import SEVERITIES
+from .model import ADVICE, SEVERITIES
 from .rule import Example, Rule, Template
-from .subjects import KINDS, LAYER_FIELDS
+from .subjects import FINDING_FIELDS, KINDS
 
 
 def rules_dir() -> Path:
@@ -59,7 +59,11 @@ def _schema() -> dict[str, Any]:
                      "remediation", "examples"],
         "properties": {
             "id": {"type": "string", "pattern": "^[a-z][a-z0-9]*(-[a-z0-9]+)*$"},
-            "title": text, "statement": text, "message": text, "remediation": text,
+            "title": text, "statement": text, "message": text,
+            # One text for every source, or one per advice: whose commands fit.
+            "remediation": {"oneOf": [text, {"type": "object", "additionalProperties": False,
+                                             "required": list(ADVICE),
+                                             "properties": {a: text for a in ADVICE}}]},
             "severity": {"enum": list(SEVERITIES)},
             "subject": {"enum": list(KINDS)},
             # Expressions are checked by ops.typecheck, which says more than a schema can.
@@ -211,9 +215,11 @@ def _rule(places: _Places, i: int, raw: dict[str, Any]) -> Rule:
         ops.expect_layer(at, ops.typecheck(at, facts, kind.name, ("at",)), ("at",))
     except ops.ExprError as e:
         raise places.fail(here + list(e.path), f"{e.path[0]}: {e}") from None
-    known = [*facts, *(f.name for f in LAYER_FIELDS if f.name not in facts)]
-    message, remediation = (_template(places, here + [key], raw[key], known)
-                            for key in ("message", "remediation"))
+    known = [*facts, *(f.name for f in FINDING_FIELDS if f.name not in facts)]
+    message = _template(places, here + ["message"], raw["message"], known)
+    advice = raw["remediation"]
+    remediation = {a: _template(places, here + ["remediation"] + ([a] if isinstance(advice, dict) else []),
+                                advice[a] if isinstance(advice, dict) else advice, known) for a in ADVICE}
     examples = tuple(
         Example(e["expect"], tuple(e["bitmaps"]) if "bitmaps" in e else
                 ((e["bitmap"],) if "bitmap" in e else ()), e["input"],
@@ -231,7 +237,7 @@ def _rule(places: _Places, i: int, raw: dict[str, Any]) -> Rule:
 
 def _template(places: _Places, where: list[Any], text: str, known: Sequence[str]) -> Template:
     """A message or remediation template that names only known fields."""
-    key = where[-1]
+    key = ".".join(map(str, where[2:]))
     try:
         template = Template.parse(text)
     except ValueError as e:

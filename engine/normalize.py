@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable, Optional
+from dataclasses import replace
+from typing import Any, Callable, Optional, Sequence
 
 from .errors import InputError
-from .model import Bitmap, Chain, Layer
+from .model import Bitmap, Chain, Context, Layer
 from .text import show
 
 # Drivers that QMP reports for format nodes. Protocol nodes (file, host_device, nbd...)
@@ -124,13 +125,20 @@ class _At:
         return value
 
 
-def normalize(value: Any, where: str, top: Optional[str] = None) -> Chain:
-    """Detect the input's kind and normalize it. `top` picks a QMP top node by name.
+def normalize(value: Any, where: str, top: Optional[str] = None,
+              context: Context = Context()) -> Chain:
+    """Detect the input's kind and normalize it, in its context (a libvirt domain, the
+    disk's QMP nodes, a locked read). `top` picks a QMP top node by name.
     Detection is exact: qemu-img info output is an object (or an array of them) with
     'filename', 'format' and 'virtual-size', which qemu-img always prints; QMP data is
     an array of nodes with 'node-name'. Anything else is refused, by name where it is
     a known look-alike."""
-    at = _At(where)
+    chain = _detect(value, _At(where), top, context.nodes)
+    return replace(chain, domain=context.domain, read_locked=context.read_locked)
+
+
+def _detect(value: Any, at: _At, top: Optional[str], chain: Optional[Sequence[str]]) -> Chain:
+    where = at.where
     _refuse_look_alike(value, at)
     if isinstance(value, dict):
         if "error" in value and isinstance(value["error"], dict):
@@ -145,7 +153,7 @@ def normalize(value: Any, where: str, top: Optional[str] = None) -> Chain:
             if nodes and all(isinstance(n, dict) and "node-name" not in n for n in nodes):
                 raise (at / "return").fail(f"a QMP reply to another command (its entries have no "
                                            f"'node-name': they are not block nodes); {SHAPES}")
-            return _qmp(nodes, at / "return", top)
+            return _qmp(nodes, at / "return", top, chain)
         if "filename" in value or "format" in value:
             return _qemu_img(_flatten(value, at), at, top)
         raise at.fail(f"an object with neither 'filename' nor 'return'; {SHAPES}")
@@ -154,7 +162,7 @@ def normalize(value: Any, where: str, top: Optional[str] = None) -> Chain:
             raise at.fail(f"an empty array; {SHAPES}")
         qmp = [isinstance(e, dict) and "node-name" in e for e in value]
         if all(qmp):
-            return _qmp(value, at, top)
+            return _qmp(value, at, top, chain)
         if any(qmp):
             raise (at / qmp.index(False)).fail("not a QMP block node (no 'node-name') among QMP nodes")
         return _qemu_img([(at / i, (at / i).obj(e)) for i, e in enumerate(value)], at, top)
@@ -270,56 +278,98 @@ def _qemu_img_bitmap(at: _At, entry: Any) -> Bitmap:
                   granularity=at.get(entry, "granularity", int))
 
 
-def _qmp(nodes: list[Any], at: _At, top: Optional[str]) -> Chain:
-    formats: dict[str, tuple[_At, dict[str, Any]]] = {}  # by file
+# What a backup job puts above a disk's top node (QEMU 6.0 and later; older: backup-top).
+JOB_FILTERS = frozenset({"copy-before-write", "backup-top"})
+
+_Entry = tuple[_At, dict[str, Any]]
+
+
+def _qmp(nodes: list[Any], at: _At, top: Optional[str],
+         chain: Optional[Sequence[str]] = None) -> Chain:
+    """The chain of one disk from QMP block nodes: the given `chain` of format node
+    names (top first, as a libvirt domain's XML names them), else rebuilt from backing
+    file names, starting at `top` or at the one format node no other names."""
+    formats: list[_Entry] = []
+    protected: set[str] = set()  # files under a backup job's filter: a disk's top
     for i, node in enumerate(nodes):
         here = at / i
         node = here.obj(node)
-        name = here.get(node, "node-name", str, required=True)
+        here.get(node, "node-name", str, required=True)
         drv = here.get(node, "drv", str, required=True)
         file = here.get(node, "file", str, required=True)
         if drv in FORMAT_DRIVERS:
-            if file in formats:
-                raise here.fail(f"two format nodes for file {file!r} "
-                                f"({formats[file][1]['node-name']!r} and {name!r})")
-            formats[file] = (here, node)
+            formats.append((here, node))
+        elif drv in JOB_FILTERS:
+            protected.add(file)
     if not formats:
         raise at.fail("no format node (drv qcow2, raw, ...) among the QMP block nodes")
+    facts = {id(node): _image(here / "image", here.get(node, "image", dict) or {})[0]
+             for here, node in formats}
 
-    facts = {file: _image(here / "image", here.get(node, "image", dict) or {})[0]
-             for file, (here, node) in formats.items()}
-    below = {file: f["backing"] for file, f in facts.items()}
-    named = {b for b in below.values() if b is not None}
-    tops = [entry for file, entry in formats.items() if file not in named]
+    def layer(index: int, entry: _Entry) -> Layer:
+        here, node = entry
+        return Layer(layer=index, filename=node["file"], format=node["drv"], node=node["node-name"],
+                     bitmaps=_qmp_bitmaps(here, node), **facts[id(node)])
+
+    if chain is not None:
+        by_name = {node["node-name"]: (here, node) for here, node in formats}
+        missing = [n for n in chain if n not in by_name]
+        if missing:
+            raise at.fail(f"no format node named {missing[0]!r} in the QMP data, though the "
+                          f"domain's disk has it")
+        layers = [layer(i, by_name[n]) for i, n in enumerate(chain)]
+        return Chain("qmp", tuple(layers), complete=layers[-1].backing is None)
+
+    # A backup job's scratch or target image names the disk's top as its backing
+    # file: by backing names alone it would look like a new top. It is not a layer.
+    disk = [e for e in formats if facts[id(e[1])]["backing"] not in protected]
+    by_file = _one_per_file(disk, layer)
+    named = {facts[id(node)]["backing"] for _, node in by_file.values()}
+    tops = [e for file, e in by_file.items() if file not in named]
     if top is not None:
-        picked = [e for e in formats.values() if e[1]["node-name"] == top]
+        picked = [e for e in formats if e[1]["node-name"] == top]
         if not picked:
             raise InputError(f"{at.where}: no format node named {top!r}; "
-                             f"candidates: {_candidates(tops or list(formats.values()))}")
-        here, node = picked[0]
+                             f"candidates: {_candidates(tops or formats)}")
+        start = picked[0]
     elif len(tops) == 1:
-        here, node = tops[0]
+        start = tops[0]
     elif not tops:
         raise at.fail("the backing files form a loop: no top node")
     else:
         raise InputError(f"{at.where}: {len(tops)} disks in this QMP data; pick one with "
                          f"--top NODE: {_candidates(tops)}")
 
-    layers: list[Layer] = []
-    seen: set[str] = set()
-    current: Optional[str] = node["file"]
-    while current is not None and current in formats:
+    layers: list[Layer] = [layer(0, start)]
+    seen = {start[1]["file"]}
+    current = layers[0].backing
+    while current is not None and current in by_file:
         if current in seen:
             raise at.fail(f"backing loop at {current!r}")
         seen.add(current)
-        here, node = formats[current]
-        layers.append(Layer(layer=len(layers), filename=current, format=node["drv"],
-                            node=node["node-name"], bitmaps=_qmp_bitmaps(here, node), **facts[current]))
-        current = below[current]
+        layers.append(layer(len(layers), by_file[current]))
+        current = layers[-1].backing
     return Chain("qmp", tuple(layers), complete=current is None)
 
 
-def _candidates(entries: list[tuple[_At, dict[str, Any]]]) -> str:
+def _one_per_file(entries: list[_Entry], layer: Callable[[int, _Entry], Layer]) -> dict[str, _Entry]:
+    """One format node per file. Two disks whose overlays share a base file each open
+    it, so it has a format node per disk; they hold the same bitmaps, so either gives
+    the same verdict. Nodes of one file that differ make the chain ambiguous."""
+    out: dict[str, _Entry] = {}
+    for entry in sorted(entries, key=lambda e: e[1]["node-name"]):
+        file = entry[1]["file"]
+        if file not in out:
+            out[file] = entry
+        elif replace(layer(0, entry), node=None) != replace(layer(0, out[file]), node=None):
+            first, second = out[file][1]["node-name"], entry[1]["node-name"]
+            raise entry[0].fail(f"two format nodes for file {file!r} ({first!r} and {second!r}) "
+                                f"with different bitmaps: which belongs to this disk's chain only "
+                                f"the domain knows (kbrules check --domain)")
+    return out
+
+
+def _candidates(entries: list[_Entry]) -> str:
     return ", ".join(f"{show(n['node-name'])} ({show(n['file'])})" for _, n in entries)
 
 
@@ -329,6 +379,8 @@ def _qmp_bitmaps(at: _At, node: dict[str, Any]) -> tuple[Bitmap, ...]:
     for i, entry in enumerate(entries):
         here = at / "dirty-bitmaps" / i
         entry = here.obj(entry)
+        if "name" not in entry:
+            continue  # a backup job's own bitmap: libvirt skips them too
         status = here.get(entry, "status", str)  # QEMU < 4.0 had 'status', not 'recording'
         recording = here.flag(entry, "recording") if "recording" in entry or status is None \
             else status != "disabled"

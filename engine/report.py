@@ -8,7 +8,7 @@ import textwrap
 from dataclasses import asdict
 from typing import Any
 
-from .model import Finding, Report
+from .model import ADVICE, Finding, Report
 from .rule import Rule
 from .text import count, show, table
 
@@ -22,6 +22,12 @@ def to_dict(report: Report) -> dict[str, Any]:
         "bitmaps": [{"name": v.name, "valid": v.valid, "findings": [asdict(f) for f in v.findings]}
                     for v in report.bitmaps],
         "findings": [asdict(f) for f in report.findings],
+        "domain": None if report.chain.domain is None else {
+            "name": report.chain.domain.name, "disk": report.chain.domain.disk,
+            "running": report.chain.domain.running},
+        "checkpoints": [{"name": c.name, "bitmap": c.bitmap, "usable": c.usable,
+                         "findings": [asdict(f) for f in c.findings]} for c in report.checkpoints],
+        "newest_usable_checkpoint": report.newest_usable,
     }
 
 
@@ -36,7 +42,12 @@ def _finding_lines(f: Finding, about: str) -> list[str]:
 
 def to_text(report: Report) -> str:
     chain = report.chain
-    out = [f"chain from {chain.source}, {count(len(chain.layers), 'layer')}, top first:"]
+    out = []
+    if chain.domain is not None:
+        d = chain.domain
+        out += [f"domain {show(d.name)}, disk {show(d.disk)} "
+                f"({'running: read live over QMP' if d.running else 'shut off: read with qemu-img'})"]
+    out += [f"chain from {chain.source}, {count(len(chain.layers), 'layer')}, top first:"]
     out += ["  " + line for line in table(
         [["LAYER", "FORMAT", "FILE"]]
         + [[str(l.layer), l.format, show(l.filename)] for l in chain.layers])]
@@ -56,7 +67,10 @@ def to_text(report: Report) -> str:
                          first.rule if first else "-", str(first.layer) if first else "-",
                          show(first.filename, 60) if first else "-"])
         out += table(rows)
+    if chain.domain is not None:
+        out += ["", *_checkpoint_lines(report)]
     findings = [(f, f", bitmap '{show(v.name)}'") for v in report.bitmaps for f in v.findings]
+    findings += [(f, f", checkpoint '{show(c.name)}'") for c in report.checkpoints for f in c.findings]
     findings += [(f, "") for f in report.findings]
     if findings:
         out += ["", "findings:"]
@@ -71,13 +85,39 @@ def to_text(report: Report) -> str:
     return "\n".join(out)
 
 
+def _checkpoint_lines(report: Report) -> list[str]:
+    """Which checkpoints an incremental backup of this disk can start from now."""
+    if not report.checkpoints:
+        return ["no checkpoints: libvirt can make only a full backup of this disk"]
+    valid = {v.name: v for v in report.bitmaps}
+    rows = [["CHECKPOINT", "USABLE", "WHY NOT"]]
+    for c in report.checkpoints:
+        errors = [f.rule for f in c.findings if f.severity == "error"]
+        bitmap = valid.get(c.bitmap or "")
+        if not c.usable and bitmap is not None and not bitmap.valid:
+            errors.append(f"bitmap {bitmap.findings[0].rule}")
+        why = "-" if c.usable else ", ".join(errors) or \
+            ("leaves this disk out" if c.bitmap is None else "its bitmap is not checked")
+        rows.append([show(c.name, 40), "yes" if c.usable else "no", why])
+    newest = report.newest_usable
+    return ["checkpoints, oldest first:", *("  " + line for line in table(rows)),
+            f"newest usable checkpoint: {show(newest) if newest is not None else 'none'}"]
+
+
+def _remediation_lines(rule: Rule) -> list[str]:
+    texts = {advice: t.text for advice, t in rule.remediation.items()}
+    if len(set(texts.values())) == 1:
+        return ["remediation: " + next(iter(texts.values()))]
+    return ["remediation, for data from"] + [f"  {ADVICE[a]}: {text}" for a, text in texts.items()]
+
+
 def explanation(rule: Rule) -> str:
     """kbrules explain: everything a person needs to know about one rule."""
     out = [f"{rule.id} ({rule.severity}): {rule.title}",
            f"article: docs/kbase/{rule.article}.rst, section \"{rule.id}\"",
            f"rules file: {rule.source}", "", textwrap.fill(" ".join(rule.statement.split()), 88),
            "", "checked on: each " + rule.subject + ", requires: " + json.dumps(rule.require),
-           "", "message:     " + rule.message.text, "remediation: " + rule.remediation.text,
+           "", "message:     " + rule.message.text, *_remediation_lines(rule),
            "", "examples:"]
     for number, example in enumerate(rule.examples, 1):
         names = ", ".join(map(repr, example.bitmaps)) or ("every bitmap" if rule.subject != "layer" else "")

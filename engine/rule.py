@@ -70,7 +70,7 @@ class Rule:
     require: Any  # the expression, as written
     at: Any  # expression of the finding's layer
     message: Template
-    remediation: Template
+    remediation: dict[str, Template]  # by advice (model.ADVICE): whose commands fit
     examples: tuple[Example, ...]
     article: str
     source: str  # the file it came from

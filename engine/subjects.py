@@ -1,6 +1,7 @@
 """What rules are checked on: the subject kinds and their facts, one table.
 
-Each subject kind (a bitmap name, one copy of it, a layer) is built from a Chain as a
+Each subject kind (a bitmap name, one copy of it, a layer, a libvirt checkpoint) is
+built from a Chain as a
 small context; each fact is computed from that context, in Python and in jq, side by
 side in the table below, the way engine/ops.py holds the operations. Both builders,
 the types that rules are checked against, and the docs' list of facts come from this
@@ -10,11 +11,15 @@ The contexts, in Python (NamedTuples below) and as the jq objects that
 ``jq_subjects()`` builds from the normalized chain (see jqbackend.PRELUDE):
 
 - bitmap: ``name``, ``copies`` (its copies, top first), ``complete`` (the input
-  reaches the base), ``last`` (index of the last layer);
+  reaches the base), ``last`` (index of the last layer), ``checkpointed`` (a checkpoint
+  of the domain names it for this disk; null without a domain);
 - copy: the bitmap (Python: ``.bitmap``; jq: the bitmap object itself), its ``layer``
   and ``above`` (how many layers above hold the bitmap);
-- layer: ``layer`` (the Layer), ``below`` (the next Layer, or null) and ``above``
-  (bitmaps in the layers above, all together).
+- layer: ``layer`` (the Layer), ``below`` (the next Layer, or null), ``above``
+  (bitmaps in the layers above, all together) and ``held`` (another program had it
+  open read-write when read: true, false, or null when unknown);
+- checkpoint: ``checkpoint`` (the Checkpoint), ``entry`` (its entry for this disk, or
+  null) and ``disks`` (the domain's disk targets).
 
 One pass over the chain builds them all: the cost stays linear in the input.
 """
@@ -25,7 +30,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
-from .model import Bitmap, Chain, Layer
+from .model import Bitmap, Chain, Checkpoint, CheckpointDisk, Domain, Layer
 from .ops import BOOLEAN, INTEGER, NULL, STRING, Types
 
 
@@ -34,6 +39,7 @@ class BitmapContext(NamedTuple):
     copies: list["CopyContext"]
     complete: bool
     last: int
+    checkpointed: Optional[bool]
 
 
 class CopyContext(NamedTuple):
@@ -46,6 +52,17 @@ class LayerContext(NamedTuple):
     layer: Layer
     below: Optional[Layer]
     above: int
+    held: Optional[bool]
+
+
+class CheckpointContext(NamedTuple):
+    checkpoint: Checkpoint
+    entry: Optional[CheckpointDisk]
+    disks: tuple[str, ...]
+
+
+def _covers(entry: Optional[CheckpointDisk]) -> bool:
+    return entry is not None and entry.checkpoint == "bitmap"
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,9 @@ class Kind:
     name: str
     doc: str  # "each ...": what a rule of this subject is checked on, once each
     facts: tuple[Fact, ...]
+    # Where its findings go in the report: under the bitmap or the checkpoint of that
+    # name, or (None) with the chain's findings.
+    group: Optional[str]
 
     def types(self) -> dict[str, Types]:
         return {f.name: f.types for f in self.facts}
@@ -72,7 +92,7 @@ def _t(*names: str) -> Types:
 
 
 _BOOL, _INT, _STR = _t(BOOLEAN), _t(INTEGER), _t(STRING)
-_INT_OR_NULL, _STR_OR_NULL = _t(INTEGER, NULL), _t(STRING, NULL)
+_INT_OR_NULL, _STR_OR_NULL, _BOOL_OR_NULL = _t(INTEGER, NULL), _t(STRING, NULL), _t(BOOLEAN, NULL)
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("bitmap", "each bitmap name being checked", (
@@ -87,7 +107,10 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
         Fact("granularities", _INT, "how many different granularities its copies have",
              lambda c: len({x.bitmap.granularity for x in c.copies if x.bitmap.granularity is not None}),
              "[.copies[].granularity | select(. != null)] | unique | length"),
-    )),
+        Fact("has_checkpoint", _BOOL_OR_NULL,
+             "a checkpoint of the libvirt domain names it for this disk; null without a domain",
+             lambda c: c.checkpointed, ".checkpointed"),
+    ), "bitmap"),
     Kind("copy", "each copy of a bitmap being checked, in every layer", (
         Fact("name", _STR, "the bitmap's name", lambda c: c.bitmap.name, ".name"),
         Fact("layer", _INT, "the layer holding this copy (0 is the top)", lambda c: c.layer, ".layer"),
@@ -102,7 +125,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
         Fact("busy", _BOOL, "a block job is using the copy (QMP only)", lambda c: c.bitmap.busy, ".busy"),
         Fact("granularity", _INT_OR_NULL, "bytes per bit; null when not given",
              lambda c: c.bitmap.granularity, ".granularity"),
-    )),
+    ), "bitmap"),
     Kind("layer", "each layer of the chain", (
         Fact("layer", _INT, "the layer's index (0 is the top)", lambda c: c.layer.layer, ".layer.layer"),
         Fact("format", _STR, "the image format: qcow2, raw...", lambda c: c.layer.format, ".layer.format"),
@@ -125,23 +148,48 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
              lambda c: len(c.layer.bitmaps), ".layer.bitmaps | length"),
         Fact("bitmaps_above", _INT, "how many bitmaps the layers above hold, all together",
              lambda c: c.above, ".above"),
-    )),
+        Fact("bitmaps_in_use", _INT, "how many of its bitmaps are inconsistent (qemu-img flag 'in-use')",
+             lambda c: sum(b.inconsistent for b in c.layer.bitmaps),
+             "[.layer.bitmaps[] | select(.inconsistent)] | length"),
+        Fact("held", _BOOL_OR_NULL, "another program had the layer open read-write when it was "
+             "read (its in-use flags then mean nothing); null when the input does not say",
+             lambda c: c.held, ".held"),
+    ), None),
+    Kind("checkpoint", "each checkpoint of the libvirt domain", (
+        Fact("name", _STR, "the checkpoint's name", lambda c: c.checkpoint.name, ".checkpoint.name"),
+        Fact("bitmap", _STR_OR_NULL, "the name of its bitmap for this disk; null when it leaves the disk out",
+             lambda c: c.entry.bitmap if _covers(c.entry) else None,
+             '.entry | if . != null and .checkpoint == "bitmap" then .bitmap else null end'),
+        Fact("covers", _BOOL, "a bitmap of the checkpoint tracks this disk",
+             lambda c: _covers(c.entry), '.entry != null and .entry.checkpoint == "bitmap"'),
+        Fact("covered_disks", _INT, "how many disks a bitmap of the checkpoint tracks",
+             lambda c: sum(d.checkpoint == "bitmap" for d in c.checkpoint.disks),
+             '[.checkpoint.disks[] | select(.checkpoint == "bitmap")] | length'),
+        Fact("gone_disks", _STR, "the disks it names that the domain no longer has, comma-separated; "
+             "empty when none",
+             lambda c: ", ".join(d.name for d in c.checkpoint.disks if d.name not in c.disks),
+             '. as $c | [.checkpoint.disks[].name | select(. as $n | $c.disks | index([$n]) | not)] '
+             '| join(", ")'),
+    ), "checkpoint"),
 )}
 
-# Fields of the layer a finding is about, which a message or remediation template of
-# any rule may name besides its subject's facts (computed from the Layer).
-LAYER_FIELDS: tuple[Fact, ...] = (
-    Fact("filename", _STR, "the layer's file name", lambda l: l.filename, ".filename"),
-    Fact("format", _STR, "the layer's format", lambda l: l.format, ".format"),
+# Fields that a message or remediation template of any rule may name besides its
+# subject's facts: of the layer the finding is about, and of the chain's domain.
+class FindingContext(NamedTuple):
+    layer: Layer
+    domain: Optional[Domain]
+
+
+FINDING_FIELDS: tuple[Fact, ...] = (
+    Fact("filename", _STR, "the layer's file name", lambda c: c.layer.filename, ".layer.filename"),
+    Fact("format", _STR, "the layer's format", lambda c: c.layer.format, ".layer.format"),
     Fact("node", _STR_OR_NULL, "the layer's QMP node-name; null for qemu-img input",
-         lambda l: l.node, ".node"),
+         lambda c: c.layer.node, ".layer.node"),
+    Fact("domain", _STR_OR_NULL, "the libvirt domain's name; null without a domain",
+         lambda c: c.domain.name if c.domain is not None else None, ".domain.name"),
+    Fact("disk", _STR_OR_NULL, "the disk's target (vda...) in the libvirt domain; null without a domain",
+         lambda c: c.domain.disk if c.domain is not None else None, ".domain.disk"),
 )
-
-
-def grouped(kind: str) -> bool:
-    """Findings on subjects of this kind belong to a bitmap (the subject has a name);
-    the others are chain-level findings."""
-    return any(f.name == "name" for f in KINDS[kind].facts)
 
 
 # Python ------------------------------------------------------------------------------
@@ -157,28 +205,55 @@ def _maker(kind: Kind) -> Callable[[Any], dict[str, Any]]:
     return lambda context: {name: py(context) for name, py in pairs}
 
 
+def held(chain: Chain, layer: Layer) -> Optional[bool]:
+    """Whether another program had the layer open read-write when it was read."""
+    if layer.shared_rw:
+        return True
+    return False if chain.read_locked or chain.source == "qmp" or chain.domain is not None else None
+
+
+def checkpoint_bitmaps(chain: Chain) -> dict[str, str]:
+    """Bitmap name -> the checkpoint that names it for the chain's disk."""
+    if chain.domain is None:
+        return {}
+    disk = chain.domain.disk
+    return {d.bitmap: c.name for c in chain.domain.checkpoints for d in c.disks
+            if d.name == disk and d.checkpoint == "bitmap" and d.bitmap is not None}
+
+
 def contexts(chain: Chain, requested: Optional[Sequence[str]]) -> tuple[tuple[str, ...], dict[str, list[Any]]]:
     """The names being checked (the requested ones, first occurrence, else every name
-    sorted) and every subject's context, by kind."""
-    held: dict[str, list[CopyContext]] = {}  # name -> its copies, top first
+    in the chain and every name a checkpoint gives this disk, sorted) and every
+    subject's context, by kind."""
+    held_by: dict[str, list[CopyContext]] = {}  # name -> its copies, top first
     present: dict[str, None] = {}
     layers: list[LayerContext] = []
     wanted = set(requested) if requested else None
     total = 0  # bitmaps in the layers above
     for index, layer in enumerate(chain.layers):
         below = chain.layers[index + 1] if index + 1 < len(chain.layers) else None
-        layers.append(LayerContext(layer, below, total))
+        layers.append(LayerContext(layer, below, total, held(chain, layer)))
         total += len(layer.bitmaps)
         for b in layer.bitmaps:
             present[b.name] = None
             if wanted is None or b.name in wanted:
-                copies = held.setdefault(b.name, [])
+                copies = held_by.setdefault(b.name, [])
                 copies.append(CopyContext(b, layer.layer, len(copies)))
-    names = tuple(dict.fromkeys(requested)) if requested else tuple(sorted(present))
+    named = checkpoint_bitmaps(chain)
+    names = tuple(dict.fromkeys(requested)) if requested else tuple(sorted({**present, **named}))
     last = len(chain.layers) - 1
-    bitmaps = [BitmapContext(n, held.get(n, []), chain.complete, last) for n in names]
-    copies = [c for n in names for c in held.get(n, ())]
-    return names, {"bitmap": bitmaps, "copy": copies, "layer": layers}
+    checkpointed = (lambda n: n in named) if chain.domain is not None else (lambda n: None)
+    bitmaps = [BitmapContext(n, held_by.get(n, []), chain.complete, last, checkpointed(n)) for n in names]
+    copies = [c for n in names for c in held_by.get(n, ())]
+    points: list[CheckpointContext] = []
+    if chain.domain is not None:
+        disk = chain.domain.disk
+        for c in chain.domain.checkpoints:
+            entry = next((d for d in c.disks if d.name == disk), None)
+            # With names asked for, only the checkpoints of those names.
+            if wanted is None or c.name in wanted or (entry is not None and entry.bitmap in wanted):
+                points.append(CheckpointContext(c, entry, chain.domain.disks))
+    return names, {"bitmap": bitmaps, "copy": copies, "layer": layers, "checkpoint": points}
 
 
 def build(chain: Chain, requested: Optional[Sequence[str]]) -> Subjects:
@@ -188,8 +263,9 @@ def build(chain: Chain, requested: Optional[Sequence[str]]) -> Subjects:
     return Subjects(names, {kind: [makers[kind](c) for c in found] for kind, found in by_kind.items()})
 
 
-def layer_fields(layer: Layer) -> dict[str, Any]:
-    return {f.name: f.py(layer) for f in LAYER_FIELDS}
+def finding_fields(layer: Layer, domain: Optional[Domain]) -> dict[str, Any]:
+    context = FindingContext(layer, domain)
+    return {f.name: f.py(context) for f in FINDING_FIELDS}
 
 
 # jq ----------------------------------------------------------------------------------
@@ -199,22 +275,32 @@ def _jq_object(facts: Sequence[Fact]) -> str:
 
 
 def jq_subjects() -> str:
-    """jq definitions: kb_subjects($names), the same subjects as build(), on the chain
-    that kb_chain normalizes (each bitmap object carries its layer); and
-    kb_layer_fields, the template fields of a layer object."""
+    """jq definitions: kb_subjects($names; $req), the same subjects as build() with the
+    names to check and those requested, on the chain
+    that kb_chain normalizes (each bitmap object carries its layer, each layer its
+    `held`); and kb_finding_fields, the template fields of a finding's context."""
     facts = {name: _jq_object(kind.facts) for name, kind in KINDS.items()}
     return f"""
-def kb_subjects($names):
+def kb_subjects($names; $req):
   . as $chain
+  | kb_checkpoint_bitmaps as $named
   | kb_by_name($names) as $groups
   | [ foreach (.layers[] | .bitmaps | length) as $n (0; . + $n; . - $n) ] as $above
   | {{ bitmap: [ $groups[]
-                | {{ name, copies, complete: $chain.complete, last: (($chain.layers | length) - 1) }}
+                | {{ name, copies, complete: $chain.complete, last: (($chain.layers | length) - 1),
+                    checkpointed: (if $chain.domain == null then null else .name as $n | $named | has($n) end) }}
                 | {facts["bitmap"]} ],
       copy: [ $groups[].copies | to_entries[] | .value + {{above: .key}}
               | {facts["copy"]} ],
-      layer: [ $chain.layers[] | {{layer: ., below: $chain.layers[.layer + 1], above: $above[.layer]}}
-               | {facts["layer"]} ] }};
+      layer: [ $chain.layers[] | {{layer: ., below: $chain.layers[.layer + 1], above: $above[.layer], held}}
+               | {facts["layer"]} ],
+      checkpoint: [ ($chain.domain // {{checkpoints: []}}) as $d
+                    | $d.checkpoints[]
+                    | {{checkpoint: ., entry: ([.disks[] | select(.name == $d.disk)] | .[0]), disks: $d.disks}}
+                    # With names asked for, only the checkpoints of those names.
+                    | select(. as $p | ($req | length) == 0 or ($req | index([$p.checkpoint.name])) != null
+                             or ($p.entry != null and ($req | index([$p.entry.bitmap])) != null))
+                    | {facts["checkpoint"]} ] }};
 
-def kb_layer_fields: {_jq_object(LAYER_FIELDS)};
+def kb_finding_fields: {_jq_object(FINDING_FIELDS)};
 """

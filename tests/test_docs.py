@@ -116,14 +116,14 @@ def test_cli_reference_follows_the_parser() -> None:
 
 def test_vocabulary_reference_covers_every_fact_and_operation() -> None:
     from engine.ops import OPS, describe
-    from engine.subjects import KINDS, LAYER_FIELDS
+    from engine.subjects import FINDING_FIELDS, KINDS
 
     facts = docgen.facts_reference()
     for kind in KINDS.values():
         assert f"``subject: {kind.name}``" in facts
         for fact in kind.facts:
             assert f"- ``{fact.name}`` ({describe(fact.types)}): " in facts, (kind.name, fact.name)
-    for field in LAYER_FIELDS:
+    for field in FINDING_FIELDS:
         assert f"``{{{field.name}}}``" in facts
     operations = docgen.ops_reference()
     for name in ["field", *OPS]:
@@ -136,9 +136,9 @@ def test_vocabulary_reference_follows_the_tables() -> None:
 
     size = Fact("size", frozenset({"integer"}), "how *big* it is", lambda c: 0, "0")
     name = Fact("filename", frozenset({"string"}), "its name", lambda c: "", '""')
-    text = docgen.facts_reference({"disk": Kind("disk", "each disk", (size,))}, (name,))
+    text = docgen.facts_reference({"disk": Kind("disk", "each disk", (size,), None)}, (name,))
     assert "``subject: disk``: each disk" in text and "- ``size`` (integer): how \\*big\\* it is" in text
-    assert "``{filename}`` of the layer" in text
+    assert "``{filename}``: of the layer the finding is about" in text
     odd = Op("odd", "true for an odd number", 1, "condition", frozenset({"boolean"}),
              lambda a: a % 2 == 1, lambda t: f"({t[0]} % 2 == 1)")
     some = Op("some", "true when one is", 0, "condition", frozenset({"boolean"}), lambda *a: any(a), lambda t: "")

@@ -203,6 +203,6 @@ def test_list_and_explain() -> None:
     assert run.code == 0
     rule = next(r for r in RULES if r.id == "bitmap-consistent")
     assert run.out.startswith("bitmap-consistent (error): " + rule.title)
-    assert rule.remediation.text in run.out and "#2 fail ('a', findings at layers [0])" in run.out
+    assert rule.remediation["image"].text in run.out and "#2 fail ('a', findings at layers [0])" in run.out
     bad = kbrules("explain", "bitmap-nope")
     assert bad.code == 2 and "unknown rule id 'bitmap-nope'" in bad.err

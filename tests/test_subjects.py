@@ -12,10 +12,19 @@ import pytest
 
 from builders import bitmap, layer, qemu_img_chain, qmp_bitmap, qmp_disk
 from engine import jqbackend, ops, subjects
+from engine.model import Checkpoint, CheckpointDisk, Context, Domain
 from engine.normalize import normalize
 from helpers import LIBVIRT
 
 Sample = tuple[Any, Optional[list[str]]]  # (input, requested names or None for all)
+
+# A libvirt disk: vda, with checkpoints c1 (all disks left out), c2 (vda and a gone
+# disk), c3 (vda only); its QMP nodes named by the domain.
+DOMAIN = Domain("vm", "vda", True, ("vda",), (
+    Checkpoint("c1", 1, None, (CheckpointDisk("vda", "no", None),)),
+    Checkpoint("c2", 2, "c1", (CheckpointDisk("vda", "bitmap", "c2"), CheckpointDisk("vdb", "bitmap", "c2"))),
+    Checkpoint("c3", 3, "c2", (CheckpointDisk("vda", "bitmap", "c3"),))))
+DISK = Context(DOMAIN, ("vda-0-format", "vda-1-format"))
 
 SAMPLES: list[Sample] = [
     # qemu-img: v3 over v2 over raw, a gap, mixed granularities, a probed format.
@@ -32,23 +41,30 @@ SAMPLES: list[Sample] = [
     (qmp_disk([[qmp_bitmap("y")]], incomplete=True), ["y"]),
     *[(json.loads((LIBVIRT / f"{name}.json").read_text()), None) for name in ("basic", "snapshots")],
 ]
+# The same kinds of input, each with a context: a libvirt disk, or a locked read.
+IN_CONTEXT: list[tuple[Any, Optional[list[str]], Context]] = [
+    (qmp_disk([[qmp_bitmap("c2"), qmp_bitmap("stray")], [qmp_bitmap("c2", recording=False)]]), None, DISK),
+    (qmp_disk([[qmp_bitmap("c3")], []]), ["c3"], DISK),
+    (qemu_img_chain([[bitmap("a", "in-use")], [bitmap("a")]]), None, Context(read_locked=True)),
+]
+
 
 
 def _jq_subjects() -> Any:
     program = jqbackend.prelude() + (
-        "\n.[0] as $v | .[1] as $req | $v | kb_chain(null) | . as $c | kb_subjects($c | kb_names($req))")
+        "\n.[0] as $v | .[1] as $req | .[2] as $ctx | $v | kb_chain(null; $ctx) | . as $c | kb_subjects($c | kb_names($req); $req)")
     return libjq.compile(program)
 
 
-def fact_problems(samples: Sequence[Sample]) -> list[str]:
+def fact_problems(samples: Sequence[tuple[Any, Optional[list[str]], Context]]) -> list[str]:
     """What is wrong with the table's facts on these samples: builders that disagree
     or give other keys, and facts that never take two different values."""
     program = _jq_subjects()
     problems: list[str] = []
     seen: dict[tuple[str, str], set[str]] = {}
-    for value, names in samples:
-        python = subjects.build(normalize(value, "sample"), names).by_kind
-        jq = program.input_value([value, names or []]).first()
+    for value, names, context in samples:
+        python = subjects.build(normalize(value, "sample", context=context), names).by_kind
+        jq = program.input_value([value, names or [], context.to_json()]).first()
         for kind in subjects.KINDS.values():
             table = [f.name for f in kind.facts]
             for facts in python[kind.name] + jq[kind.name]:
@@ -66,13 +82,16 @@ def fact_problems(samples: Sequence[Sample]) -> list[str]:
     return problems
 
 
+ALL = [(value, names, Context()) for value, names in SAMPLES] + IN_CONTEXT
+
+
 def test_every_fact_is_built_alike_and_varies() -> None:
-    assert fact_problems(SAMPLES) == []
+    assert fact_problems(ALL) == []
 
 
 def test_types_in_the_table_hold() -> None:
-    for value, names in SAMPLES:
-        by_kind = subjects.build(normalize(value, "sample"), names).by_kind
+    for value, names, context in ALL:
+        by_kind = subjects.build(normalize(value, "sample", context=context), names).by_kind
         for kind in subjects.KINDS.values():
             types = kind.types()
             for facts in by_kind[kind.name]:
@@ -83,7 +102,7 @@ def test_types_in_the_table_hold() -> None:
 def _broken(fact: subjects.Fact) -> dict[str, subjects.Kind]:
     kinds = dict(subjects.KINDS)
     copy = kinds["copy"]
-    kinds["copy"] = subjects.Kind(copy.name, copy.doc, (*copy.facts, fact))
+    kinds["copy"] = subjects.Kind(copy.name, copy.doc, (*copy.facts, fact), copy.group)
     return kinds
 
 
@@ -97,5 +116,5 @@ def _broken(fact: subjects.Fact) -> dict[str, subjects.Kind]:
 def test_a_fact_missing_from_a_builder_is_caught(fact: subjects.Fact, says: str,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(subjects, "KINDS", _broken(fact))
-    problems = fact_problems(SAMPLES)
+    problems = fact_problems(ALL)
     assert any(p.startswith(says) for p in problems), problems
