@@ -23,8 +23,9 @@ def report_of(rule: Rule, example: Example, engine: str) -> dict[str, Any]:
     if engine == "jq":
         from . import jqbackend  # the binding is needed only here
 
-        return jqbackend.run(jqbackend.binding([rule]), example.input, example.bitmaps or None)
-    chain = normalize(example.input, f"{rule.source}: rule {rule.id}")
+        return jqbackend.run(jqbackend.binding([rule]), example.input, example.bitmaps or None,
+                             context=example.context)
+    chain = normalize(example.input, f"{rule.source}: rule {rule.id}", context=example.context)
     return to_dict(evaluate(chain, [rule], example.bitmaps or None))
 
 

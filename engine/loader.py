@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from . import cache, ops
-from .errors import RulesError, UsageError
+from .errors import InputError, RulesError, UsageError
 from .examples import check_example
 from .model import ADVICE, SEVERITIES
+from .normalize import context_from_json
 from .rule import Example, Rule, Template
 from .subjects import FINDING_FIELDS, KINDS
 
@@ -50,6 +51,7 @@ def _schema() -> dict[str, Any]:
             "bitmaps": {"type": "array", "items": {"type": "string"}, "minItems": 1},
             "layers": {"type": "array", "items": {"type": "integer", "minimum": 0}},
             "input": {},
+            "context": {"type": "object"},  # as jq's --argjson context: a libvirt domain...
         },
         "not": {"required": ["bitmap", "bitmaps"]},
     }
@@ -213,24 +215,28 @@ def _rule(places: _Places, i: int, raw: dict[str, Any]) -> Rule:
         types = ops.typecheck(raw["require"], facts, kind.name, ("require",))
         ops.expect_condition(raw["require"], types, ("require",))
         ops.expect_layer(at, ops.typecheck(at, facts, kind.name, ("at",)), ("at",))
-    except ops.ExprError as e:
-        raise places.fail(here + list(e.path), f"{e.path[0]}: {e}") from None
+    except ops.ExprError as wrong:
+        raise places.fail(here + list(wrong.path), f"{wrong.path[0]}: {wrong}") from None
     known = [*facts, *(f.name for f in FINDING_FIELDS if f.name not in facts)]
     message = _template(places, here + ["message"], raw["message"], known)
     advice = raw["remediation"]
     remediation = {a: _template(places, here + ["remediation"] + ([a] if isinstance(advice, dict) else []),
                                 advice[a] if isinstance(advice, dict) else advice, known) for a in ADVICE}
-    examples = tuple(
-        Example(e["expect"], tuple(e["bitmaps"]) if "bitmaps" in e else
-                ((e["bitmap"],) if "bitmap" in e else ()), e["input"],
-                tuple(e["layers"]) if "layers" in e else None,
-                places.lines.get(f"rules.{i}.examples.{k}"))
-        for k, e in enumerate(raw["examples"]))
+    examples = []
+    for k, e in enumerate(raw["examples"]):
+        try:
+            context = context_from_json(e.get("context", {}), "context")
+        except InputError as err:
+            raise places.fail(here + ["examples", k], f"example #{k + 1}: {err}") from None
+        examples.append(Example(e["expect"], tuple(e["bitmaps"]) if "bitmaps" in e else
+                                ((e["bitmap"],) if "bitmap" in e else ()), e["input"],
+                                tuple(e["layers"]) if "layers" in e else None,
+                                places.lines.get(f"rules.{i}.examples.{k}"), context))
     if {e.expect for e in examples} != {"pass", "fail"}:
         raise places.fail(here + ["examples"], "needs at least one passing and one failing example")
     return Rule(id=raw["id"], title=raw["title"], severity=raw["severity"], subject=kind.name,
                 statement=raw["statement"], require=raw["require"], at=at, message=message,
-                remediation=remediation, examples=examples, article=places.data["article"],
+                remediation=remediation, examples=tuple(examples), article=places.data["article"],
                 source=str(places.path), line=places.line(here),
                 check=ops.compile_py(raw["require"]), layer_of=ops.compile_py(at))
 

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any, Callable, Optional, Sequence
 
 from .errors import InputError
-from .model import Bitmap, Chain, Context, Layer
+from .model import Bitmap, Chain, Checkpoint, CheckpointDisk, Context, Domain, Layer
 from .text import show
 
 # Drivers that QMP reports for format nodes. Protocol nodes (file, host_device, nbd...)
@@ -126,13 +126,15 @@ class _At:
 
 
 def normalize(value: Any, where: str, top: Optional[str] = None,
-              context: Context = Context()) -> Chain:
+              context: Optional[Context] = None) -> Chain:
     """Detect the input's kind and normalize it, in its context (a libvirt domain, the
     disk's QMP nodes, a locked read). `top` picks a QMP top node by name.
     Detection is exact: qemu-img info output is an object (or an array of them) with
     'filename', 'format' and 'virtual-size', which qemu-img always prints; QMP data is
     an array of nodes with 'node-name'. Anything else is refused, by name where it is
     a known look-alike."""
+    if context is None:
+        return _detect(value, _At(where), top, None)
     chain = _detect(value, _At(where), top, context.nodes)
     return replace(chain, domain=context.domain, read_locked=context.read_locked)
 
@@ -167,6 +169,45 @@ def _detect(value: Any, at: _At, top: Optional[str], chain: Optional[Sequence[st
             raise (at / qmp.index(False)).fail("not a QMP block node (no 'node-name') among QMP nodes")
         return _qemu_img([(at / i, (at / i).obj(e)) for i, e in enumerate(value)], at, top)
     raise at.fail(f"{_kind(value)}; {SHAPES}")
+
+
+def context_from_json(value: Any, where: str) -> Context:
+    """A Context from its JSON (Context.to_json): what a rule's example or a jq user
+    gives as the input's context."""
+    at = _At(where)
+    obj = at.obj(value)
+    domain = None
+    if obj.get("domain") is not None:
+        here = at / "domain"
+        d = here.obj(obj["domain"])
+        domain = Domain(name=here.get(d, "name", str, required=True),
+                        disk=here.get(d, "disk", str, required=True), running=here.flag(d, "running"),
+                        disks=tuple(_strings(here, d, "disks")),
+                        checkpoints=tuple(_checkpoint(here / "checkpoints" / i, c) for i, c
+                                          in enumerate(here.get(d, "checkpoints", list) or [])))
+    nodes = obj.get("nodes")
+    return Context(domain, None if nodes is None else tuple(_strings(at, obj, "nodes")),
+                   at.flag(obj, "read_locked"))
+
+
+def _strings(at: _At, obj: dict[str, Any], key: str) -> list[str]:
+    values = at.get(obj, key, list) or []
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            raise (at / key / i).fail(f"expected a string, got {_kind(v)}")
+    return values
+
+
+def _checkpoint(at: _At, value: Any) -> Checkpoint:
+    c = at.obj(value)
+    disks = []
+    for i, entry in enumerate(at.get(c, "disks", list) or []):
+        here = at / "disks" / i
+        e = here.obj(entry)
+        disks.append(CheckpointDisk(here.get(e, "name", str, required=True),
+                                    here.get(e, "checkpoint", str, required=True), here.get(e, "bitmap", str)))
+    return Checkpoint(at.get(c, "name", str, required=True), at.get(c, "created", int) or 0,
+                      at.get(c, "parent", str), tuple(disks))
 
 
 # JSON that other commands print, recognized by fields that they always have, so that
@@ -317,8 +358,8 @@ def _qmp(nodes: list[Any], at: _At, top: Optional[str],
         if missing:
             raise at.fail(f"no format node named {missing[0]!r} in the QMP data, though the "
                           f"domain's disk has it")
-        layers = [layer(i, by_name[n]) for i, n in enumerate(chain)]
-        return Chain("qmp", tuple(layers), complete=layers[-1].backing is None)
+        named_layers = [layer(i, by_name[n]) for i, n in enumerate(chain)]
+        return Chain("qmp", tuple(named_layers), complete=named_layers[-1].backing is None)
 
     # A backup job's scratch or target image names the disk's top as its backing
     # file: by backing names alone it would look like a new top. It is not a layer.

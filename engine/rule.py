@@ -7,6 +7,7 @@ import string
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from .model import Context
 from .ops import Compiled
 from .text import sh_quote, tostring
 
@@ -58,6 +59,7 @@ class Example:
     input: Any
     layers: Optional[tuple[int, ...]]  # where a failing example's findings must be
     line: Optional[int] = None  # in the rules file
+    context: Context = Context()  # what kbrules knows besides the input: a libvirt domain...
 
 
 @dataclass(frozen=True)
