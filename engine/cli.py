@@ -8,14 +8,14 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NoReturn, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
-from . import __version__, jqbackend
+from . import __version__, jqbackend, libvirt
 from .errors import KbrulesError, UsageError
 from .evaluate import evaluate
 from .examples import ENGINES, check_example
 from .formats import FORMATS, Output, Result, write_text
-from .inputs import STDIN, read_input
+from .inputs import STDIN, Input, read_input
 from .loader import load_rules
 from .model import any_error
 from .report import explanation
@@ -99,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--image-format", "-f", metavar="FMT",
                        help="format of the image PATH (qemu-img -f); also forces PATH to be "
                             "read as an image")
+    check.add_argument("--domain", "-d", action="append", metavar="NAME", dest="domains", default=[],
+                       help="check every disk of this libvirt domain (repeatable): a running one "
+                            "live over QMP, a shut-off one with qemu-img, and its checkpoints")
+    check.add_argument("--all-domains", action="store_true",
+                       help="check every disk of every domain libvirt knows")
+    check.add_argument("--disk", action="append", metavar="TARGET", dest="disks", default=[],
+                       help="with --domain: only this disk (vda...; repeatable)")
+    check.add_argument("--connect", "-c", metavar="URI",
+                       help="with --domain: the libvirt connection (virsh -c URI)")
     check.add_argument("--engine", choices=("python", "jq"), default="python",
                        help="evaluate with the Python engine (default) or run the compiled jq "
                             "program through libjq; both give the same report")
@@ -146,14 +155,6 @@ def _rules(args: argparse.Namespace) -> list[Rule]:
 
 def check(args: argparse.Namespace) -> int:
     rules = _rules(args)
-    sources = args.inputs
-    if not sources:
-        if sys.stdin.isatty():
-            raise UsageError("nothing to check: give an image, a JSON file, "
-                             "or - to read JSON from standard input")
-        sources = [STDIN]
-    if sources.count(STDIN) > 1:
-        raise UsageError("standard input (-) can be read only once")
     output_format = FORMATS[args.format]
     if args.engine == "jq":
         if not output_format.json:
@@ -164,50 +165,96 @@ def check(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UsageError("--jobs must be 1 or more")
     program = jqbackend.binding(rules) if args.engine == "jq" else None  # compiled once
+    if args.domains or args.all_domains:
+        return _check_domains(args, rules, program, output_format(batch=True))
+    if args.disks:
+        raise UsageError("--disk picks disks of a --domain")
+    sources = args.inputs
+    if not sources:
+        if sys.stdin.isatty():
+            raise UsageError("nothing to check: give an image, a JSON file, "
+                             "or - to read JSON from standard input")
+        sources = [STDIN]
+    if sources.count(STDIN) > 1:
+        raise UsageError("standard input (-) can be read only once")
     output = output_format(batch=len(sources) > 1 or output_format.named)
     if not output.batch:
         result = _check_one(sources[0], args, rules, program)  # errors: one line, exit 2
         output.add(result)
         return result.code
-    return _check_many(sources, args, rules, program, output)
+
+    def one(source: str) -> list[Result]:
+        try:
+            return [_check_one(source, args, rules, program)]
+        except KbrulesError as e:
+            return [Result(source, EXIT_ERROR, error=show(str(e)))]
+
+    return _check_many([lambda s=s: one(s) for s in sources], args.jobs, output)
 
 
 def _check_one(source: str, args: argparse.Namespace, rules: list[Rule], program: Any) -> Result:
     """One input's result; `program` is the compiled jq program for --engine jq."""
     read = read_input(source, top=args.top, image_format=args.image_format,
                       force_share=args.force_share)
+    return _judge(read, args, rules, program)
+
+
+def _judge(read: Input, args: argparse.Namespace, rules: list[Rule], program: Any) -> Result:
     _warn(read.warnings)
     if program is not None:
         # Read and normalized as for the Python engine, so that bad input gets the same
         # one-line error; the report itself comes from jq.
-        data = jqbackend.run(program, read.value, args.bitmaps, args.top)
-        found = [f for b in data["bitmaps"] for f in b["findings"]] + data["findings"]
-        return Result(source, EXIT_FINDINGS if any_error(f["severity"] for f in found) else EXIT_OK, data)
+        data = jqbackend.run(program, read.value, args.bitmaps, args.top, read.context)
+        found = [f for key in ("bitmaps", "checkpoints") for b in data[key] for f in b["findings"]]
+        errors = any_error(f["severity"] for f in found + data["findings"])
+        return Result(read.name, EXIT_FINDINGS if errors else EXIT_OK, data)
     report = evaluate(read.chain, rules, args.bitmaps)
-    return Result(source, EXIT_FINDINGS if report.has_error else EXIT_OK, report)
+    return Result(read.name, EXIT_FINDINGS if report.has_error else EXIT_OK, report)
 
 
-def _check_many(sources: list[str], args: argparse.Namespace, rules: list[Rule],
-                program: Any, output: Output) -> int:
-    """Several inputs in one run: qemu-img runs in parallel threads (it is another
-    process, so the GIL does not matter), reports print in input order, and the exit
-    code is the worst of all. A bad input is reported and the others still run."""
-    def one(source: str) -> Result:
+def _check_domains(args: argparse.Namespace, rules: list[Rule], program: Any, output: Output) -> int:
+    """Every disk of each domain asked for: one result per disk, in the domains' order."""
+    if args.inputs or args.top or args.image_format or args.force_share:
+        raise UsageError("--domain and --all-domains read the domains' own disks: give no PATH, "
+                         "--top, --image-format or --force-share with them")
+    names = libvirt.all_domains(args.connect) if args.all_domains else list(dict.fromkeys(args.domains))
+
+    def one(name: str) -> list[Result]:
         try:
-            return _check_one(source, args, rules, program)
+            disks = libvirt.read_domain(name, args.connect, args.disks or ())
         except KbrulesError as e:
-            return Result(source, EXIT_ERROR, error=show(str(e)))
+            return [Result(name, EXIT_ERROR, error=show(str(e)))]
+        out = []
+        for disk in disks:
+            if disk.input is not None:
+                try:
+                    out.append(_judge(disk.input, args, rules, program))
+                except KbrulesError as e:
+                    out.append(Result(disk.name, EXIT_ERROR, error=show(str(e))))
+            else:
+                out.append(Result(disk.name, EXIT_ERROR if disk.error else EXIT_OK,
+                                  error=disk.error and show(disk.error), skipped=disk.skipped))
+        return out
 
+    return _check_many([lambda n=n: one(n) for n in names], args.jobs, output)
+
+
+def _check_many(jobs: list[Callable[[], list[Result]]], workers: int, output: Output) -> int:
+    """Several inputs in one run: each job (an input, or a domain's disks) runs in a
+    thread of its own (qemu-img and virsh are other processes, so the GIL does not
+    matter), results print in the jobs' order, and the exit code is the worst of all.
+    A bad input is reported and the others still run."""
     worst = EXIT_OK
-    progress = _Progress(len(sources))
-    with ThreadPoolExecutor(max_workers=min(args.jobs, len(sources))) as pool:
-        for result in pool.map(one, sources):
+    progress = _Progress(len(jobs))
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
+        for results in pool.map(lambda job: job(), jobs):
             progress.step()
-            worst = max(worst, result.code)
-            if result.error is not None:
-                print(f"kbrules: {result.error}", file=sys.stderr)
-            progress.clear()
-            output.add(result)
+            for result in results:
+                worst = max(worst, result.code)
+                if result.error is not None:
+                    print(f"kbrules: {result.error}", file=sys.stderr)
+                progress.clear()
+                output.add(result)
     progress.clear()
     output.end()
     return worst

@@ -38,7 +38,8 @@ def check_example(rule: Rule, example: Example, number: int, engine: str = "pyth
         return f"{here}: input rejected: {e}"
     except Exception as e:  # the jq binding raises ValueError for a jq error
         return f"{here}: {engine} failed: {e}"
-    found = [f for b in report["bitmaps"] for f in b["findings"]] + report["findings"]
+    found = [f for key in ("bitmaps", "checkpoints") for b in report[key] for f in b["findings"]]
+    found += report["findings"]
     layers = sorted(f["layer"] for f in found if f["rule"] == rule.id)
     if example.expect == "pass" and layers:
         return f"{here}: expected no finding, got findings at layers {layers} ({engine})"

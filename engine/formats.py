@@ -25,6 +25,7 @@ class Result:
     code: int  # the exit status it alone would give: 0, 1 or 2
     report: Union[Report, dict[str, Any], None] = None  # a dict from the jq engine
     error: Optional[str] = None  # the one-line reason, when code is 2
+    skipped: Optional[str] = None  # why this input (a domain's disk) is not checked
 
     def data(self) -> dict[str, Any]:
         """The JSON report."""
@@ -32,9 +33,13 @@ class Result:
         return self.report if isinstance(self.report, dict) else to_dict(self.report)
 
     def entry(self) -> dict[str, Any]:
-        """The JSON report with the input's name, or the input's name and its error."""
-        return {"input": self.source, "error": self.error} if self.error is not None else \
-            {"input": self.source, **self.data()}
+        """The JSON report with the input's name, or the input's name and its error,
+        or why it was skipped."""
+        if self.error is not None:
+            return {"input": self.source, "error": self.error}
+        if self.skipped is not None:
+            return {"input": self.source, "skipped": self.skipped}
+        return {"input": self.source, **self.data()}
 
 
 def _utf8() -> bool:
@@ -74,9 +79,14 @@ class TextOutput(Output):
     help = "for people: the chain, a table of bitmaps, the findings and what to do"
 
     def add(self, result: Result) -> None:
-        if not isinstance(result.report, Report) and result.error is None:
+        if result.error is not None:
+            body = f"error: {result.error}"
+        elif result.skipped is not None:
+            body = f"skipped: {show(result.skipped)}"
+        elif isinstance(result.report, Report):
+            body = to_text(result.report)
+        else:
             raise TypeError("the text format needs a report of the Python engine")
-        body = f"error: {result.error}" if result.error is not None else to_text(result.report)  # type: ignore[arg-type]
         write_text(f"== {show(result.source)} ==\n{body}\n" if self.batch else body)
 
 

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO, Optional
 
 from . import qemu
 from .errors import InputError, UsageError
-from .model import Chain
+from .model import Chain, Context
 from .normalize import UTF16_BOMS, normalize, parse_json
 
 QCOW2_MAGIC = b"QFI\xfb"
@@ -30,6 +30,7 @@ class Input:
     value: Any  # the JSON value, read or printed by qemu-img
     chain: Chain
     warnings: tuple[str, ...] = ()  # what qemu-img said on a run that succeeded
+    context: Optional[Context] = None  # what else kbrules knows (the jq engine needs it too)
 
 
 def from_value(value: Any, name: str = "<data>", top: Optional[str] = None) -> Input:
@@ -47,11 +48,13 @@ def from_image(path: str, image_format: Optional[str] = None, force_share: bool 
     force_share, the layers that another program may hold read-write are marked."""
     text, warnings = qemu.info(path, image_format, force_share)
     value = parse_json(text, f"{path}: qemu-img info output")
-    chain = normalize(value, path)
+    # Without --force-share, qemu-img took the image's locks: nobody else writes it.
+    context = Context(read_locked=not force_share)
+    chain = normalize(value, path, context=context)
     if force_share:
         chain = replace(chain, layers=tuple(
             replace(l, shared_rw=qemu.held_rw(l.filename, l.format)) for l in chain.layers))
-    return Input(path, value, chain, tuple(warnings))
+    return Input(path, value, chain, tuple(warnings), context)
 
 
 def is_json_file(path: Path) -> bool:

@@ -10,6 +10,7 @@
 #   bitmap-busy (warning): No copy of the bitmap is busy
 #   bitmap-name-invalid (error): Bitmap names are 1 to 1023 bytes long
 #   layer-cannot-hold-bitmaps (info): Where bitmaps cannot go
+#   top-bitmaps-in-use (warning): Not every bitmap of the top image is in use
 #
 # Usage (jq 1.6 or later, gojq, or libjq):
 #   qemu-img info --output=json --backing-chain top.qcow2 | jq -f image-health.jq
@@ -228,12 +229,18 @@ def kb_report($args):
     | { rule: "layer-cannot-hold-bitmaps", severity: "info", layer: $at,
         filename: $c.filename, message: ($c | "layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ") cannot store persistent bitmaps (only qcow2 with compat 1.1 can): the bitmaps of the layers above end above it"),
         remediation: ($c | "Nothing to fix. To let bitmaps reach this layer: if it is qcow2 v2, qemu-img amend -o compat=1.1 -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " upgrades it in place; a raw layer cannot be amended, only copied to qcow2 (qemu-img convert -f raw -O qcow2) with the layer above rebased onto the copy."), caveat: null,
-        si: 2, ri: 6, name: .name, group: null } ) ] as $F
+        si: 2, ri: 6, name: .name, group: null } ),
+    ( $S["layer"][] | select(([(.["layer"] != 0), (.["bitmaps"] == 0), (.["bitmaps_in_use"] < .["bitmaps"]), (.["held"] == false)] | any) | kb_truthy | not)
+    | (.["layer"]) as $at | kb_context($chain; $at) as $c
+    | { rule: "top-bitmaps-in-use", severity: "warning", layer: $at,
+        filename: $c.filename, message: ($c | "every bitmap of the top image " + (.["filename"] | tostring) + " is in use: a VM may have it open right now (this data is then stale), or its last writer crashed"),
+        remediation: ($c | "Ask the running VM for the live answer before removing anything (kbrules check --domain DOMAIN, or QMP query-named-block-nodes piped to kbrules check -). If no VM uses the image, its writer crashed: the bitmaps are broken (see bitmap-consistent)."), caveat: null,
+        si: 1, ri: 7, name: .name, group: null } ) ] as $F
 | kb_verdicts($F; $names) as $bitmaps
 | kb_checkpoints($F; $S.checkpoint; $bitmaps) as $points
 | { source: $chain.source,
     chain: [ $chain.layers[] | {layer, filename, format, node} ],
-    rules: ["image-corrupt", "image-dirty", "backing-format-probed", "bitmap-granularity-mismatch", "bitmap-busy", "bitmap-name-invalid", "layer-cannot-hold-bitmaps"],
+    rules: ["image-corrupt", "image-dirty", "backing-format-probed", "bitmap-granularity-mismatch", "bitmap-busy", "bitmap-name-invalid", "layer-cannot-hold-bitmaps", "top-bitmaps-in-use"],
     bitmaps: $bitmaps,
     findings: [ $F[] | select(.group == null) ] | sort_by(.si, .ri, .layer) | map(del(.si, .ri, .name, .group)),
     domain: ($chain.domain | if . == null then null else {name, disk, running} end),

@@ -5,8 +5,8 @@
 # the same JSON report, with these rules:
 #   bitmap-in-top (error): The top image holds the bitmap
 #   bitmap-contiguous (error): The layers holding the bitmap are one unbroken run from the top
-#   bitmap-recording (error): Every copy of the bitmap is recording
 #   bitmap-consistent (error): No copy of the bitmap is inconsistent (in-use)
+#   bitmap-recording (error): Every copy of the bitmap is recording
 #   bitmap-persistent (error): Every copy of the bitmap is persistent
 #   chain-complete (error): The input holds the whole backing chain
 #
@@ -190,31 +190,46 @@ def kb_report($args):
     | (0) as $at | kb_context($chain; $at) as $c
     | { rule: "bitmap-in-top", severity: "error", layer: $at,
         filename: $c.filename, message: ($c | "bitmap '" + (.["name"] | tostring) + "' is not in the top image " + (.["filename"] | tostring)),
-        remediation: ($c | "This bitmap cannot serve an incremental backup. Take a new full backup and start a new bitmap in the top image with it (libvirt: a new checkpoint; offline: qemu-img bitmap --add -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ")."), caveat: null,
+        remediation: (if $chain.advice == "image" then ($c | "This bitmap cannot serve an incremental backup. Take a new full backup and start a new bitmap in the top image with it (qemu-img bitmap --add -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ", image offline).")
+           elif $chain.advice == "qmp" then ($c | "This bitmap cannot serve an incremental backup. Take a new full backup and start a new persistent bitmap in the top node with it (QMP block-dirty-bitmap-add on node " + (.["node"] | tostring) + ", \"persistent\": true, in the same transaction as the backup job).")
+           elif $chain.advice == "libvirt" then ($c | "This checkpoint cannot serve an incremental backup of disk " + (.["disk"] | tostring) + ". Take a new full backup with a new checkpoint (virsh backup-begin -- " + (.["domain"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " BACKUP.xml CHECKPOINT.xml); then delete the old checkpoint (virsh checkpoint-delete -- " + (.["domain"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ", with --metadata when no layer holds its bitmap any more).")
+          else null end), caveat: null,
         si: 0, ri: 0, name: .name, group: "bitmap" } ),
     ( $S["copy"][] | select((.["copies_above"] == .["layer"]) | kb_truthy | not)
     | (.["layer"]) as $at | kb_context($chain; $at) as $c
     | { rule: "bitmap-contiguous", severity: "error", layer: $at,
         filename: $c.filename, message: ($c | "bitmap '" + (.["name"] | tostring) + "' in layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ") is cut off from the top: a layer above lacks it"),
-        remediation: ($c | "Writes made while the layer without the bitmap was the top were not tracked, so no incremental backup can be based on this bitmap. Remove the stray copy (qemu-img bitmap --remove -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ", image offline) and take a new full backup."), caveat: null,
+        remediation: (if $chain.advice == "image" then ($c | "Writes made while the layer without the bitmap was the top were not tracked, so no incremental backup can be based on this bitmap. Remove the stray copy (qemu-img bitmap --remove -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ", image offline) and take a new full backup.")
+           elif $chain.advice == "qmp" then ($c | "Writes made while the layer without the bitmap was the top were not tracked, so no incremental backup can be based on this bitmap. QEMU refuses to change a bitmap in a read-only backing node: with the VM shut down, remove the stray copy (qemu-img bitmap --remove -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + "), then take a new full backup.")
+           elif $chain.advice == "libvirt" then ($c | "Writes made while the layer without the bitmap was the top were not tracked, so no incremental backup can be based on this bitmap. Delete its checkpoint, which removes every copy (virsh checkpoint-delete -- " + (.["domain"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + "), or, if the domain has no such checkpoint, remove the stray copy with the domain shut off (qemu-img bitmap --remove -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + "); then take a new full backup with a new checkpoint.")
+          else null end), caveat: null,
         si: 0, ri: 1, name: .name, group: "bitmap" } ),
-    ( $S["copy"][] | select(.["recording"] | kb_truthy | not)
-    | (.["layer"]) as $at | kb_context($chain; $at) as $c
-    | { rule: "bitmap-recording", severity: "error", layer: $at,
-        filename: $c.filename, message: ($c | "bitmap '" + (.["name"] | tostring) + "' is disabled (not recording) in layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ")"),
-        remediation: ($c | "Writes made while it was disabled were not tracked, and enabling it now does not bring them back. Remove the bitmap (qemu-img bitmap --remove -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ", and its copies in the other layers) and take a new full backup."), caveat: null,
-        si: 0, ri: 2, name: .name, group: "bitmap" } ),
     ( $S["copy"][] | select((.["inconsistent"] | not) | kb_truthy | not)
     | (.["layer"]) as $at | kb_context($chain; $at) as $c
     | { rule: "bitmap-consistent", severity: "error", layer: $at,
         filename: $c.filename, message: ($c | "bitmap '" + (.["name"] | tostring) + "' is inconsistent (in-use) in layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ")"),
-        remediation: ($c | "It cannot be trusted or repaired (qemu-img check -r all leaves it alone). With the image offline, remove it (qemu-img bitmap --remove -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ") and take a new full backup. If a VM still runs on this image, the flag says nothing offline: ask QEMU over QMP instead."), caveat: null,
+        remediation: (if $chain.advice == "image" then ($c | "It cannot be trusted or repaired (qemu-img check -r all leaves it alone). With the image offline, remove it (qemu-img bitmap --remove -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ") and take a new full backup. If a VM still runs on this image, the flag says nothing offline: ask the VM instead (kbrules check --domain DOMAIN, or QMP).")
+           elif $chain.advice == "qmp" then ($c | "The running QEMU loaded it as not saved cleanly (its last writer died): it cannot be trusted or repaired. Remove it (QMP block-dirty-bitmap-remove on node " + (.["node"] | tostring) + "; a read-only backing node refuses it: there, with the VM shut down, qemu-img bitmap --remove -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ") and take a new full backup.")
+           elif $chain.advice == "libvirt" then ($c | "The bitmap was not saved cleanly (the VM crashed or was killed): it cannot be trusted or repaired. Delete the checkpoint, which removes every copy (virsh checkpoint-delete -- " + (.["domain"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + "), and take a new full backup with a new checkpoint.")
+          else null end), caveat: null,
+        si: 0, ri: 2, name: .name, group: "bitmap" } ),
+    ( $S["copy"][] | select(([.["recording"], .["inconsistent"]] | any) | kb_truthy | not)
+    | (.["layer"]) as $at | kb_context($chain; $at) as $c
+    | { rule: "bitmap-recording", severity: "error", layer: $at,
+        filename: $c.filename, message: ($c | "bitmap '" + (.["name"] | tostring) + "' is disabled (not recording) in layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ")"),
+        remediation: (if $chain.advice == "image" then ($c | "Writes made while it was disabled were not tracked, and enabling it now does not bring them back. Remove the bitmap (qemu-img bitmap --remove -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ", and its copies in the other layers) and take a new full backup.")
+           elif $chain.advice == "qmp" then ($c | "Writes made while it was disabled were not tracked, and enabling it now does not bring them back. Remove the bitmap (QMP block-dirty-bitmap-remove on node " + (.["node"] | tostring) + "; a read-only backing node refuses it: there, with the VM shut down, qemu-img bitmap --remove -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ") and take a new full backup.")
+           elif $chain.advice == "libvirt" then ($c | "Writes made while it was disabled were not tracked, and enabling it now does not bring them back. Delete the checkpoint, which removes every copy (virsh checkpoint-delete -- " + (.["domain"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + "), and take a new full backup with a new checkpoint.")
+          else null end), caveat: null,
         si: 0, ri: 3, name: .name, group: "bitmap" } ),
     ( $S["copy"][] | select(.["persistent"] | kb_truthy | not)
     | (.["layer"]) as $at | kb_context($chain; $at) as $c
     | { rule: "bitmap-persistent", severity: "error", layer: $at,
         filename: $c.filename, message: ($c | "bitmap '" + (.["name"] | tostring) + "' is transient (not persistent) in layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ")"),
-        remediation: ($c | "A transient bitmap is lost at shutdown and libvirt refuses it. Remove it (QMP block-dirty-bitmap-remove on node " + (.["node"] | tostring) + "), add it again with \"persistent\": true, and take a new full backup."), caveat: null,
+        remediation: (if $chain.advice == "image" then ($c | "A transient bitmap is lost at shutdown and libvirt refuses it. Remove it (QMP block-dirty-bitmap-remove on node " + (.["node"] | tostring) + "), add it again with \"persistent\": true, and take a new full backup.")
+           elif $chain.advice == "qmp" then ($c | "A transient bitmap is lost at shutdown and libvirt refuses it. Remove it (QMP block-dirty-bitmap-remove on node " + (.["node"] | tostring) + "), add it again with \"persistent\": true, and take a new full backup.")
+           elif $chain.advice == "libvirt" then ($c | "A transient bitmap is lost at shutdown and libvirt refuses it. Delete the checkpoint (virsh checkpoint-delete -- " + (.["domain"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ") and take a new full backup with a new checkpoint.")
+          else null end), caveat: null,
         si: 0, ri: 4, name: .name, group: "bitmap" } ),
     ( $S["bitmap"][] | select(.["chain_complete"] | kb_truthy | not)
     | (.["last_layer"]) as $at | kb_context($chain; $at) as $c
@@ -226,7 +241,7 @@ def kb_report($args):
 | kb_checkpoints($F; $S.checkpoint; $bitmaps) as $points
 | { source: $chain.source,
     chain: [ $chain.layers[] | {layer, filename, format, node} ],
-    rules: ["bitmap-in-top", "bitmap-contiguous", "bitmap-recording", "bitmap-consistent", "bitmap-persistent", "chain-complete"],
+    rules: ["bitmap-in-top", "bitmap-contiguous", "bitmap-consistent", "bitmap-recording", "bitmap-persistent", "chain-complete"],
     bitmaps: $bitmaps,
     findings: [ $F[] | select(.group == null) ] | sort_by(.si, .ri, .layer) | map(del(.si, .ri, .name, .group)),
     domain: ($chain.domain | if . == null then null else {name, disk, running} end),

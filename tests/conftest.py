@@ -17,3 +17,10 @@ settings.register_profile("ci", max_examples=100, derandomize=True, print_blob=T
 settings.register_profile("quick", max_examples=10)
 settings.register_profile("thorough", max_examples=1000)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+
+def pytest_sessionfinish() -> None:
+    """Stop the libvirt daemons this run started (tests/libvirtd.py), if any."""
+    import libvirtd
+
+    libvirtd.DAEMONS.stop()

@@ -1,0 +1,173 @@
+"""Reading a libvirt domain through virsh: its disks, each disk's chain (live over QMP
+when the domain runs, else offline with qemu-img), and its checkpoints.
+
+Only `virsh` is run (argument lists, no shell, a timeout, `-c URI`), so nothing needs
+compiling on the host. A running domain's disk chain is the one its live XML names:
+libvirt gives each image of a disk an index (``<source index='1'/>``, ``<backingStore
+index='2'>``) and names its QMP format node ``libvirt-INDEX-format``; so a backup job's
+nodes, and a base file that two disks share, never confuse one disk with another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from .errors import InputError, KbrulesError, ToolError
+from .inputs import Input, from_image
+from .model import Checkpoint, CheckpointDisk, Context, Domain
+from .normalize import normalize, parse_json
+from .text import show
+
+TIMEOUT = 60  # seconds for one virsh call
+QUERY_NODES = json.dumps({"execute": "query-named-block-nodes", "arguments": {"flat": True}})
+LIVE_STATES = ("running", "paused", "in shutdown", "pmsuspended")  # a QEMU process to ask
+
+
+def virsh(args: Sequence[str], connect: Optional[str] = None) -> str:
+    """virsh's output, or a KbrulesError with its first line of complaint."""
+    argv = ["virsh", *(["-c", connect] if connect else []), *args]
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=TIMEOUT, check=False,
+                              env={**os.environ, "LC_ALL": "C"})
+    except FileNotFoundError:
+        raise ToolError("virsh not found: install it (Debian/Ubuntu: apt-get install "
+                        "libvirt-clients; Fedora/RHEL: dnf install libvirt-client)") from None
+    except subprocess.TimeoutExpired:
+        raise ToolError(f"virsh {args[0]}: no answer after {TIMEOUT} s") from None
+    if done.returncode != 0:
+        err = done.stderr.decode("utf-8", "replace")
+        why = next((line.strip() for line in err.splitlines() if line.strip()), "(no message)")
+        raise ToolError(f"virsh {args[0]} failed: {show(why.removeprefix('error: '))}")
+    return done.stdout.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A disk of the domain's XML."""
+
+    target: str  # vda
+    device: str  # disk, cdrom, floppy, lun
+    type: str  # file, block, network, volume...
+    format: Optional[str]  # the driver's type: qcow2, raw...
+    path: Optional[str]  # a file or block device; None for other types
+    indices: tuple[int, ...]  # libvirt's index of each image, top first (live XML only)
+
+
+def parse_disks(text: str, where: str) -> list[Disk]:
+    """The disks of a domain XML (virsh dumpxml)."""
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as e:
+        raise InputError(f"{where}: virsh dumpxml: not XML ({e})") from None
+    disks = []
+    for disk in root.findall("./devices/disk"):
+        target = disk.find("target")
+        if target is None or not target.get("dev"):
+            continue
+        driver, source = disk.find("driver"), disk.find("source")
+        path = None if source is None else source.get("file") or source.get("dev")
+        indices: list[int] = []
+        index = None if source is None else source.get("index")
+        store = disk.find("backingStore")
+        while index is not None and index.isdigit():
+            indices.append(int(index))
+            index = None if store is None else store.get("index")
+            store = None if store is None else store.find("backingStore")
+        disks.append(Disk(target.get("dev", ""), disk.get("device", "disk"), disk.get("type", "file"),
+                          None if driver is None else driver.get("type"), path, tuple(indices)))
+    return disks
+
+
+def parse_checkpoint(text: str, where: str) -> Checkpoint:
+    """One checkpoint (virsh checkpoint-dumpxml --no-domain)."""
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as e:
+        raise InputError(f"{where}: virsh checkpoint-dumpxml: not XML ({e})") from None
+    created = root.findtext("creationTime", "0").strip()
+    return Checkpoint(name=root.findtext("name", "").strip(),
+                      created=int(created) if created.isdigit() else 0,
+                      parent=(root.findtext("parent/name") or "").strip() or None,
+                      disks=tuple(CheckpointDisk(d.get("name", ""), d.get("checkpoint", "bitmap"),
+                                                 d.get("bitmap")) for d in root.findall("./disks/disk")))
+
+
+def checkpoints(domain: str, connect: Optional[str]) -> tuple[Checkpoint, ...]:
+    """The domain's checkpoints, oldest first (by creation time, then parents first)."""
+    names = virsh(["checkpoint-list", "--name", "--topological", "--", domain], connect).split()
+    with ThreadPoolExecutor(max_workers=min(8, len(names) or 1)) as pool:
+        found = list(pool.map(lambda n: parse_checkpoint(
+            virsh(["checkpoint-dumpxml", "--no-domain", "--", domain, n], connect), f"{domain}: {n}"), names))
+    order = {c.name: i for i, c in enumerate(found)}
+    return tuple(sorted(found, key=lambda c: (c.created, order[c.name])))
+
+
+@dataclass(frozen=True)
+class DiskRead:
+    """What reading one disk of a domain gave: an input to check, or why not."""
+
+    name: str  # DOMAIN/TARGET
+    input: Optional[Input] = None
+    skipped: Optional[str] = None  # why this disk is not checked (not an error)
+    error: Optional[str] = None  # why it could not be read (exit 2)
+
+
+def read_domain(name: str, connect: Optional[str] = None,
+                targets: Sequence[str] = ()) -> list[DiskRead]:
+    """Every disk of a domain (or only `targets`), read as kbrules checks it. Raises a
+    KbrulesError when the domain itself cannot be read."""
+    state = virsh(["domstate", "--", name], connect).strip().splitlines()[0].strip()
+    live = state in LIVE_STATES
+    disks = parse_disks(virsh(["dumpxml", "--", name], connect), name)
+    unknown = [t for t in targets if t not in {d.target for d in disks}]
+    if unknown:
+        raise InputError(f"{name}: no disk {unknown[0]!r} (the domain has "
+                         f"{', '.join(d.target for d in disks) or 'no disks'})")
+    points = checkpoints(name, connect)
+    nodes: Any = None
+    if live:
+        nodes = parse_json(virsh(["qemu-monitor-command", "--", name, QUERY_NODES], connect).encode(),
+                           f"{name}: query-named-block-nodes")
+    all_targets = tuple(d.target for d in disks if d.device == "disk")
+    out = []
+    for disk in disks:
+        if targets and disk.target not in targets:
+            continue
+        where = f"{name}/{disk.target}"
+        domain = Domain(name, disk.target, live, all_targets, points)
+        try:
+            out.append(_read_disk(disk, where, domain, nodes))
+        except KbrulesError as e:
+            out.append(DiskRead(where, error=str(e)))
+    return out
+
+
+def _read_disk(disk: Disk, where: str, domain: Domain, nodes: Any) -> DiskRead:
+    if disk.device != "disk":
+        return DiskRead(where, skipped=f"a {disk.device}, not a disk")
+    if disk.format != "qcow2":
+        return DiskRead(where, skipped=f"a {disk.format or 'unknown'} image: only qcow2 holds bitmaps")
+    if nodes is not None:
+        if not disk.indices:
+            return DiskRead(where, skipped="the domain's XML gives no node index for it "
+                                           "(libvirt before 5.10?): check it with QMP data and --top")
+        context = Context(domain, tuple(f"libvirt-{i}-format" for i in disk.indices))
+        return DiskRead(where, Input(where, nodes, normalize(nodes, where, context=context), (), context))
+    if disk.type not in ("file", "block") or disk.path is None:
+        return DiskRead(where, skipped=f"a {disk.type} disk: kbrules reads it only from the "
+                                       f"running domain, over QMP")
+    read = from_image(disk.path, "qcow2")
+    context = Context(domain, read_locked=True)
+    chain = normalize(read.value, disk.path, context=context)
+    return DiskRead(where, Input(where, read.value, chain, read.warnings, context))
+
+
+def all_domains(connect: Optional[str] = None) -> list[str]:
+    """Every domain libvirt knows, running or not."""
+    return [line.strip() for line in virsh(["list", "--all", "--name"], connect).splitlines() if line.strip()]

@@ -1,0 +1,222 @@
+# checkpoints.jq: GENERATED from rules/checkpoints.yaml by `kbrules jq --rules rules/checkpoints.yaml`.
+# Do not edit: change the YAML and regenerate (a test fails when this file is stale).
+#
+# Checks a qcow2 backing chain the way `kbrules check --format json` does, and prints
+# the same JSON report, with these rules:
+#   bitmap-has-checkpoint (error): Every bitmap has a checkpoint of its name
+#   checkpoint-covers-disk (info): The checkpoint covers the disk
+#   checkpoint-covers-a-disk (warning): The checkpoint covers at least one disk
+#   checkpoint-disks-exist (info): The disks the checkpoint names are still there
+#
+# Usage (jq 1.6 or later, gojq, or libjq):
+#   qemu-img info --output=json --backing-chain top.qcow2 | jq -f checkpoints.jq
+#   jq -f checkpoints.jq chain.json --args -- NAME...      only these bitmaps
+#   virsh qemu-monitor-command VM '{"execute":"query-named-block-nodes","arguments":{"flat":true}}' \
+#     | jq -f checkpoints.jq --arg top NODE                 QMP data of several disks
+# A bitmap is fit for an incremental backup when its entry says "valid": true;
+#   ... | jq -f checkpoints.jq | jq -e 'all(.bitmaps[]; .valid)'   exits 1 otherwise.
+
+def kb_fail($m): error("kbrules: " + $m);
+def kb_truthy: . != null and . != false;
+
+# Layer facts of an ImageInfo object (qemu-img info, or .image of a QMP node).
+def kb_image:
+  ((.["format-specific"] // {}) | if .type == "qcow2" then (.data // {}) else null end) as $q
+  | { backing: (.["full-backing-filename"] // .["backing-filename"]),
+      backing_recorded: .["backing-filename"],
+      backing_format: .["backing-filename-format"],
+      dirty: (.["dirty-flag"] == true),
+      compat: ($q | if . != null then .compat else null end),
+      corrupt: ($q | if . != null then .corrupt else null end) };
+
+# qemu-img info --output=json: one image (maybe with nested backing-image) or an array.
+def kb_qemu_img:
+  (if type == "object" then [recurse(.["backing-image"] // empty)] else . end)
+  | [ to_entries[] | .key as $i | .value
+      | ((.["format-specific"] // {}) | if .type == "qcow2" then (.data // {}) else null end) as $q
+      | { layer: $i, filename: .filename, format: .format, node: null, held: null,
+          bitmaps: [ ($q // {}) | (.bitmaps // [])[] | (.flags // []) as $f
+                     | { name: .name, layer: $i, recording: any($f[]; . == "auto"),
+                         inconsistent: any($f[]; . == "in-use"), persistent: true,
+                         busy: false, granularity: .granularity } ] } + kb_image ]
+  | { source: "qemu-img", layers: ., complete: (.[-1].backing == null) };
+
+# The bitmaps of a QMP format node in layer $i; nameless ones are a backup job's own,
+# which libvirt skips too.
+def kb_qmp_bitmaps($i):
+  [ (.["dirty-bitmaps"] // [])[] | select(has("name"))
+    | { name: .name, layer: $i,
+        recording: (if has("recording") or .status == null then .recording == true
+                    else .status != "disabled" end),
+        inconsistent: (.inconsistent == true), persistent: (.persistent == true),
+        busy: (.busy == true or .status == "frozen" or .status == "locked"),
+        granularity: .granularity } ];
+
+# QMP query-named-block-nodes: the chain of the format nodes $nodes (a libvirt disk's,
+# top first), else rebuilt from backing file names from $top or the one top.
+def kb_qmp($top; $nodes):
+  (["bochs", "cloop", "dmg", "luks", "parallels", "qcow", "qcow2", "qed", "raw", "vdi", "vhdx", "vmdk", "vpc"] | map({(.): true}) | add) as $isfmt
+  | [ .[] | select(.drv == "copy-before-write" or .drv == "backup-top") | .file ] as $protected
+  | [ .[] | select($isfmt[.drv] == true) | . + { kb: ((.image // {}) | kb_image) } ] as $fmts
+  | if ($fmts | length) == 0 then kb_fail("no format node (drv qcow2, raw, ...) among the QMP block nodes") else . end
+  | (if $nodes != null then
+       [ $nodes[] | . as $want
+         | ([ $fmts[] | select(.["node-name"] == $want) ] | .[0])
+           // kb_fail("no format node named " + ($want | tojson) + " in the QMP data, though the domain's disk has it") ]
+     else
+       # A backup job's scratch or target names the disk's top as its backing file.
+       [ $fmts[] | select(.kb.backing as $b | $protected | index([$b]) | not) ] as $disk
+       # One node per file: a base shared by two disks has a node per disk.
+       | [ $disk | group_by(.file)[] | sort_by(.["node-name"])
+           | ([ .[] | {drv, kb, b: kb_qmp_bitmaps(0)} ] | unique | length) as $kinds
+           | if $kinds == 1 then .[0]
+             else kb_fail("two format nodes for file " + (.[0].file | tojson) + " (" + (.[0]["node-name"] | tojson)
+                          + " and " + (.[1]["node-name"] | tojson) + ") with different bitmaps: which belongs"
+                          + " to this disk's chain only the domain knows (kbrules check --domain)") end ] as $files
+       | (reduce $files[] as $n ({}; .[$n.file] = $n)) as $byfile
+       | (reduce ($files[].kb.backing | select(. != null)) as $b ({}; .[$b] = true)) as $named
+       | [ $files[] | select($named[.file] | not) ] as $tops
+       | (if $top != null then
+            ([ $fmts[] | select(.["node-name"] == $top) ] | if length > 0 then .[0]
+             else kb_fail("no format node named " + ($top | tojson)) end)
+          elif ($tops | length) == 1 then $tops[0]
+          elif ($tops | length) == 0 then kb_fail("the backing files form a loop: no top node")
+          else kb_fail(($tops | length | tostring) + " disks in this QMP data; pick one with --top NODE: "
+                       + ([ $tops[] | .["node-name"] + " (" + .file + ")" ] | join(", "))) end) as $start
+       | [ limit(($files | length) + 1; $start | recurse(if .kb.backing != null then ($byfile[.kb.backing] // empty) else empty end)) ]
+       | if length > ($files | length) then kb_fail("backing loop") else . end
+     end)
+  | { source: "qmp",
+      layers: [ to_entries[] | .key as $i | .value
+        | { layer: $i, filename: .file, format: .drv, node: .["node-name"], held: false,
+            bitmaps: kb_qmp_bitmaps($i) } + .kb ],
+      complete: (.[-1].kb.backing == null) };
+
+# $ctx: what kbrules knows besides the JSON (engine.model.Context): the libvirt
+# domain and disk, the disk's QMP nodes, whether kbrules read the image with locks.
+def kb_chain($top; $ctx):
+  (if type == "object" and (.error | type) == "object" then
+     kb_fail("QMP error reply: " + (.error.class // "Error") + ": " + (.error.desc // "(no description)"))
+   elif type == "object" and has("return") then .return | kb_qmp($top; $ctx.nodes)
+   elif type == "array" and length > 0 and all(.[]; type == "object" and has("node-name")) then kb_qmp($top; $ctx.nodes)
+   elif $top != null then kb_fail("--top picks a node of QMP data; this is qemu-img info output")
+   elif type == "object" or (type == "array" and length > 0) then kb_qemu_img
+   else kb_fail("not qemu-img info or QMP query-named-block-nodes JSON") end)
+  | .domain = ($ctx.domain // null)
+  | (.domain != null or $ctx.read_locked == true) as $known
+  | .layers |= map(.held = (if .held == false or $known then false else null end))
+  | .advice = (if .domain != null then "libvirt" elif .source == "qmp" then "qmp" else "image" end);
+
+# Bitmap name -> the checkpoint that names it for the chain's disk.
+def kb_checkpoint_bitmaps:
+  (.domain // {checkpoints: [], disk: null}) as $d
+  | [ $d.checkpoints[] | .name as $c | .disks[]
+      | select(.name == $d.disk and .checkpoint == "bitmap" and .bitmap != null) | {key: .bitmap, value: $c} ]
+  | from_entries;
+
+# Linear in every jq: no lookup objects or arrays grown inside `reduce` (jq 1.6 and gojq
+# copy a nested array or object on each update, which is quadratic); grouping is done
+# by sorting instead (group_by is stable, so copies stay in layer order).
+
+# The names being checked: the requested ones (first occurrence), else every name,
+# and every name that a checkpoint gives the disk, sorted.
+def kb_names($req):
+  if ($req | length) > 0 then
+    $req | to_entries | group_by(.value) | map(.[0]) | sort_by(.key) | map(.value)
+  else [ .layers[].bitmaps[].name, (kb_checkpoint_bitmaps | keys[]) ] | unique end;
+
+# [{name, order, copies: [bitmap + {layer}, ...]}] for each checked name, in order.
+def kb_by_name($names):
+  [ ($names | to_entries[] | {name: .value, order: .key}),
+    .layers[].bitmaps[] ]  # each bitmap knows its layer (see kb_qemu_img, kb_qmp)
+  | group_by(.name)
+  | map(select(.[0] | has("order")) | {name: .[0].name, order: .[0].order, copies: .[1:]})
+  | sort_by(.order);
+
+
+def kb_subjects($names; $req):
+  . as $chain
+  | kb_checkpoint_bitmaps as $named
+  | kb_by_name($names) as $groups
+  | [ foreach (.layers[] | .bitmaps | length) as $n (0; . + $n; . - $n) ] as $above
+  | { bitmap: [ $groups[]
+                | { name, copies, complete: $chain.complete, last: (($chain.layers | length) - 1),
+                    checkpointed: (if $chain.domain == null then null else .name as $n | $named | has($n) end) }
+                | { "name": (.name), "first_layer": (.copies[0].layer), "copies": (.copies | length), "chain_complete": (.complete), "last_layer": (.last), "granularities": ([.copies[].granularity | select(. != null)] | unique | length), "has_checkpoint": (.checkpointed) } ],
+      copy: [ $groups[].copies | to_entries[] | .value + {above: .key}
+              | { "name": (.name), "layer": (.layer), "copies_above": (.above), "recording": (.recording), "inconsistent": (.inconsistent), "persistent": (.persistent), "busy": (.busy), "granularity": (.granularity) } ],
+      layer: [ $chain.layers[] | {layer: ., below: $chain.layers[.layer + 1], above: $above[.layer], held}
+               | { "layer": (.layer.layer), "format": (.layer.format), "compat": (.layer.compat), "corrupt": (.layer.corrupt), "dirty": (.layer.dirty), "backing": (.layer.backing), "backing_recorded": (.layer.backing_recorded), "below_format": (.below.format), "backing_format": (.layer.backing_format), "bitmaps": (.layer.bitmaps | length), "bitmaps_above": (.above), "bitmaps_in_use": ([.layer.bitmaps[] | select(.inconsistent)] | length), "held": (.held) } ],
+      checkpoint: [ ($chain.domain // {checkpoints: []}) as $d
+                    | $d.checkpoints[]
+                    | {checkpoint: ., entry: ([.disks[] | select(.name == $d.disk)] | .[0]), disks: $d.disks}
+                    # With names asked for, only the checkpoints of those names.
+                    | select(. as $p | ($req | length) == 0 or ($req | index([$p.checkpoint.name])) != null
+                             or ($p.entry != null and ($req | index([$p.entry.bitmap])) != null))
+                    | { "name": (.checkpoint.name), "bitmap": (.entry | if . != null and .checkpoint == "bitmap" then .bitmap else null end), "covers": (.entry != null and .entry.checkpoint == "bitmap"), "covered_disks": ([.checkpoint.disks[] | select(.checkpoint == "bitmap")] | length), "gone_disks": (. as $c | [.checkpoint.disks[].name | select(. as $n | $c.disks | index([$n]) | not)] | join(", ")) } ] };
+
+def kb_finding_fields: { "filename": (.layer.filename), "format": (.layer.format), "node": (.layer.node), "domain": (.domain.name), "disk": (.domain.disk) };
+
+
+# One finding of a subject (.) at layer $at; facts win over the finding's fields.
+def kb_context($chain; $at): ({layer: $chain.layers[$at], domain: $chain.domain} | kb_finding_fields) + .;
+
+def kb_verdicts($F; $names):
+  [ [ ($names | to_entries[] | {name: .value, order: .key}), ($F[] | select(.group == "bitmap")) ]
+    | group_by(.name)[]
+    | (.[0].order) as $order
+    | ([ .[1:][] ] | sort_by(.si, .ri, .layer) | map(del(.si, .ri, .name, .group))) as $found
+    | { order: $order, name: .[0].name, valid: all($found[]; .severity != "error"), findings: $found } ]
+  | sort_by(.order) | map(del(.order));
+
+def kb_checkpoints($F; $points; $bitmaps):
+  if ($points | length) == 0 then [] else
+    ([ $bitmaps[] | {key: .name, value: .valid} ] | from_entries) as $valid
+    | [ $points[] | .name as $n
+        | ([ $F[] | select(.group == "checkpoint" and .name == $n) ] | sort_by(.si, .ri, .layer)
+           | map(del(.si, .ri, .name, .group))) as $found
+        | { name: .name, bitmap: .bitmap,
+            usable: (.covers and all($found[]; .severity != "error") and ($valid[.bitmap // ""] == true)),
+            findings: $found } ] end;
+
+def kb_report($args):
+  (($args.named.top) // null) as $top
+| kb_chain($top; ($args.named.context // {})) as $chain
+| ($chain | kb_names($args.positional // [])) as $names
+| ($chain | kb_subjects($names; $args.positional // [])) as $S
+| [ ( $S["bitmap"][] | select((.["has_checkpoint"] != false) | kb_truthy | not)
+    | (0) as $at | kb_context($chain; $at) as $c
+    | { rule: "bitmap-has-checkpoint", severity: "error", layer: $at,
+        filename: $c.filename, message: ($c | "bitmap '" + (.["name"] | tostring) + "' of disk " + (.["disk"] | tostring) + " has no checkpoint in domain " + (.["domain"] | tostring) + ": libvirt refuses an incremental backup from it (Domain checkpoint not found)"),
+        remediation: ($c | "The next backup can only be a full one: take it with a new checkpoint (virsh backup-begin -- " + (.["domain"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " BACKUP.xml CHECKPOINT.xml). If no other tool uses the bitmap, remove it: from a running domain, QMP block-dirty-bitmap-remove on each node that holds it (virsh qemu-monitor-command); with the domain shut off, qemu-img bitmap --remove -- FILE " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " for each layer that holds it."), caveat: null,
+        si: 0, ri: 0, name: .name, group: "bitmap" } ),
+    ( $S["checkpoint"][] | select(.["covers"] | kb_truthy | not)
+    | (0) as $at | kb_context($chain; $at) as $c
+    | { rule: "checkpoint-covers-disk", severity: "info", layer: $at,
+        filename: $c.filename, message: ($c | "checkpoint '" + (.["name"] | tostring) + "' leaves disk " + (.["disk"] | tostring) + " out: an incremental backup of " + (.["disk"] | tostring) + " cannot start from it"),
+        remediation: ($c | "Nothing to repair. Back the disk up in full, or leave it out of incremental backups from this checkpoint (<disk name='" + (.["disk"] | tostring) + "' backup='no'/> in the backup XML); the next checkpoint that covers it starts its incremental backups."), caveat: null,
+        si: 2, ri: 1, name: .name, group: "checkpoint" } ),
+    ( $S["checkpoint"][] | select((.["covered_disks"] > 0) | kb_truthy | not)
+    | (0) as $at | kb_context($chain; $at) as $c
+    | { rule: "checkpoint-covers-a-disk", severity: "warning", layer: $at,
+        filename: $c.filename, message: ($c | "checkpoint '" + (.["name"] | tostring) + "' of domain " + (.["domain"] | tostring) + " leaves every disk out: no incremental backup can start from it"),
+        remediation: ($c | "Delete the record (virsh checkpoint-delete --metadata -- " + (.["domain"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + "); it holds no bitmap."), caveat: null,
+        si: 1, ri: 2, name: .name, group: "checkpoint" } ),
+    ( $S["checkpoint"][] | select((.["gone_disks"] == "") | kb_truthy | not)
+    | (0) as $at | kb_context($chain; $at) as $c
+    | { rule: "checkpoint-disks-exist", severity: "info", layer: $at,
+        filename: $c.filename, message: ($c | "checkpoint '" + (.["name"] | tostring) + "' names disks that domain " + (.["domain"] | tostring) + " no longer has: " + (.["gone_disks"] | tostring)),
+        remediation: ($c | "Nothing to repair: backups from it still work for the disks that remain."), caveat: null,
+        si: 2, ri: 3, name: .name, group: "checkpoint" } ) ] as $F
+| kb_verdicts($F; $names) as $bitmaps
+| kb_checkpoints($F; $S.checkpoint; $bitmaps) as $points
+| { source: $chain.source,
+    chain: [ $chain.layers[] | {layer, filename, format, node} ],
+    rules: ["bitmap-has-checkpoint", "checkpoint-covers-disk", "checkpoint-covers-a-disk", "checkpoint-disks-exist"],
+    bitmaps: $bitmaps,
+    findings: [ $F[] | select(.group == null) ] | sort_by(.si, .ri, .layer) | map(del(.si, .ri, .name, .group)),
+    domain: ($chain.domain | if . == null then null else {name, disk, running} end),
+    checkpoints: $points,
+    newest_usable_checkpoint: ([ $points[] | select(.usable) | .name ] | last) };
+
+kb_report($ARGS)
