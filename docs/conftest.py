@@ -30,6 +30,11 @@ Console sessions (``.. code-block:: console``)
       ``<tmp>`` before comparing); ``<size>`` is a size that depends on the file system:
       in text a number with an optional unit (``204 KiB``), in JSON a bare ``<size>``
       where a number stands.
+    - A command that runs ``virsh`` gets a real libvirtd: the harness starts one when
+      none answers (tests/libvirtd.py) and stops it at the end of the run; the
+      article's directory can be read by the libvirt-qemu user, and every domain with
+      a disk in it is destroyed and undefined when the article is done. Without
+      libvirt installed such a command is skipped (in CI, where CI is set, it fails).
     - Environment: ``KBRULES_RULES`` is the rules directory of the kbrules under test (in
       a source tree, its ``rules/``); ``LC_ALL=C.UTF-8``, ``COLUMNS=80``; no core dumps;
       the scripts directory of this Python comes first in ``PATH``, so ``kbrules`` is the
@@ -62,10 +67,22 @@ from difflib import unified_diff
 from pathlib import Path
 from typing import Any, Optional
 
+import pytest
 from sybil import Document, Example, Region, Sybil
 from sybil.parsers.rest import DocTestParser
 
 from engine.loader import rules_dir
+
+
+def _libvirtd() -> Any:
+    """The tests' libvirt daemon manager (tests/libvirtd.py), imported when an article
+    first runs virsh: one libvirtd for the whole test run."""
+    tests = str(Path(__file__).resolve().parents[1] / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import libvirtd
+
+    return libvirtd
 
 DIR_KEY = "_kbrules_article_dir"  # where the article's temp dir sits in its namespace
 TIMEOUT = 60  # seconds for one command
@@ -141,6 +158,14 @@ def _no_core_dumps() -> None:
 def run_command(example: Example) -> Optional[str]:
     command: Command = example.parsed
     where: Path = example.namespace[DIR_KEY]
+    if re.search(r"\bvirsh\b", command.script):
+        libvirtd = _libvirtd()
+        why = libvirtd.missing()
+        if why:
+            if os.environ.get("CI"):
+                return f"$ {command.script}\nCI must run the libvirt examples: {why}"
+            pytest.skip(why)
+        libvirtd.DAEMONS.ensure()
     try:
         done = subprocess.run(["bash", "-c", command.script], cwd=where, env=_environment(where),
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -282,13 +307,28 @@ class PythonSessions:
 def setup(namespace: dict[str, Any]) -> None:
     root = Path(tempfile.mkdtemp(prefix="kbrules-article-"))
     (root / "work").mkdir()
+    for directory in (root, root / "work"):
+        directory.chmod(0o755)  # qemu runs as libvirt-qemu in the libvirt examples
     namespace[DIR_KEY] = root / "work"
 
 
 def teardown(namespace: dict[str, Any]) -> None:
     root = namespace.pop(DIR_KEY).parent
     stop_leftovers(root / "work")
+    remove_domains(root / "work")
     shutil.rmtree(root)  # does not follow symbolic links out of it
+
+
+def remove_domains(where: Path) -> None:
+    """Destroy and undefine every libvirt domain with a disk in the article's directory."""
+    libvirtd = sys.modules.get("libvirtd")  # only when the article ran virsh
+    if libvirtd is None or libvirtd.missing() or not libvirtd.DAEMONS.answering():
+        return
+    for name in libvirtd.virsh("list", "--all", "--name").stdout.split():
+        disks = libvirtd.virsh("domblklist", "--details", name, check=False).stdout
+        if str(where) in disks:
+            libvirtd.virsh("destroy", name, check=False)
+            libvirtd.virsh("undefine", "--checkpoints-metadata", "--snapshots-metadata", name, check=False)
 
 
 def _holds(pid: int, where: Path) -> bool:
@@ -330,3 +370,10 @@ pytest_collect_file = Sybil(
     setup=setup,
     teardown=teardown,
 ).pytest()
+
+
+def pytest_sessionfinish() -> None:
+    """Stop the libvirt daemons that the articles started, if any."""
+    libvirtd = sys.modules.get("libvirtd")
+    if libvirtd is not None:
+        libvirtd.DAEMONS.stop()

@@ -11,7 +11,8 @@
             print(verdict.name, verdict.valid, [f.rule for f in verdict.findings])
     json_report = to_dict(report)  # the JSON report of README's contract
 
-``check_value`` does the same for JSON already parsed (qemu-img info or QMP). Both
+``check_value`` does the same for JSON already parsed (qemu-img info or QMP), and
+``check_domain`` for every disk of a libvirt domain (``kbrules check --domain``). All
 take the same rule choice as the command line: rule files, select, ignore.
 """
 
@@ -20,6 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+from dataclasses import dataclass
+
+from . import libvirt
 from .errors import KbrulesError
 from .evaluate import evaluate
 from .inputs import from_value, read_input
@@ -27,7 +31,8 @@ from .loader import load_rules
 from .model import Report
 from .report import to_dict
 
-__all__ = ["KbrulesError", "Report", "check_path", "check_value", "to_dict"]
+__all__ = ["DiskCheck", "KbrulesError", "Report", "check_domain", "check_path", "check_value",
+           "to_dict"]
 
 
 def check_path(path: Union[str, Path], bitmaps: Optional[Sequence[str]] = None, *,
@@ -46,3 +51,24 @@ def check_value(value: Any, bitmaps: Optional[Sequence[str]] = None, *,
     """Check parsed JSON: qemu-img info --output=json or QMP query-named-block-nodes."""
     chosen = load_rules(rules, select, ignore)
     return evaluate(from_value(value, top=top).chain, chosen, bitmaps)
+
+
+@dataclass(frozen=True)
+class DiskCheck:
+    """One disk of a domain: its report, or why it was not checked."""
+
+    disk: str  # DOMAIN/TARGET
+    report: Optional[Report] = None
+    skipped: Optional[str] = None  # not a disk kbrules checks (not qcow2...)
+    error: Optional[str] = None  # could not be read
+
+
+def check_domain(name: str, *, connect: Optional[str] = None, disks: Sequence[str] = (),
+                 rules: Optional[Sequence[Path]] = None, select: Sequence[str] = (),
+                 ignore: Sequence[str] = ()) -> list[DiskCheck]:
+    """Check every disk of a libvirt domain (or only `disks`), as `kbrules check
+    --domain NAME`: a report per disk, with its checkpoints (Report.checkpoints,
+    Report.newest_usable)."""
+    chosen = load_rules(rules, select, ignore)
+    return [DiskCheck(d.name, evaluate(d.input.chain, chosen) if d.input is not None else None,
+                      d.skipped, d.error) for d in libvirt.read_domain(name, connect, disks)]

@@ -38,6 +38,7 @@ input (detected automatically):
   IMAGE           a disk image: kbrules runs qemu-img info --backing-chain on it
   FILE.json | -   qemu-img info --output=json [--backing-chain] output, or QMP
                   query-named-block-nodes (bare array or {"return": [...]})
+  --domain NAME   every disk of a libvirt domain, and its checkpoints (virsh)
 
 examples:
   kbrules check top.qcow2 --bitmap backup-1
@@ -45,6 +46,7 @@ examples:
   virsh qemu-monitor-command vm1 '{"execute":"query-named-block-nodes",
       "arguments":{"flat":true}}' | kbrules check - --top libvirt-1-format
   kbrules check top.qcow2 --bitmap=-odd-name     (a name starting with '-')
+  kbrules check --domain vm1 --format json       (one report per disk)
 
 """ + EXIT_STATUS
 
@@ -189,7 +191,7 @@ def check(args: argparse.Namespace) -> int:
         except KbrulesError as e:
             return [Result(source, EXIT_ERROR, error=show(str(e)))]
 
-    return _check_many([lambda s=s: one(s) for s in sources], args.jobs, output)
+    return _check_many(one, sources, args.jobs, output)
 
 
 def _check_one(source: str, args: argparse.Namespace, rules: list[Rule], program: Any) -> Result:
@@ -236,18 +238,19 @@ def _check_domains(args: argparse.Namespace, rules: list[Rule], program: Any, ou
                                   error=disk.error and show(disk.error), skipped=disk.skipped))
         return out
 
-    return _check_many([lambda n=n: one(n) for n in names], args.jobs, output)
+    return _check_many(one, names, args.jobs, output)
 
 
-def _check_many(jobs: list[Callable[[], list[Result]]], workers: int, output: Output) -> int:
-    """Several inputs in one run: each job (an input, or a domain's disks) runs in a
-    thread of its own (qemu-img and virsh are other processes, so the GIL does not
-    matter), results print in the jobs' order, and the exit code is the worst of all.
-    A bad input is reported and the others still run."""
+def _check_many(one: Callable[[str], list[Result]], items: list[str], workers: int,
+                output: Output) -> int:
+    """Several inputs in one run: `one` checks each item (an input, or a domain's
+    disks) in a thread of its own (qemu-img and virsh are other processes, so the GIL
+    does not matter), results print in the items' order, and the exit code is the
+    worst of all. A bad input is reported and the others still run."""
     worst = EXIT_OK
-    progress = _Progress(len(jobs))
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
-        for results in pool.map(lambda job: job(), jobs):
+    progress = _Progress(len(items))
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(items)))) as pool:
+        for results in pool.map(one, items):
             progress.step()
             for result in results:
                 worst = max(worst, result.code)

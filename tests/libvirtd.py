@@ -93,7 +93,7 @@ class Daemons:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        for name, pid in reversed(self.started):
+        for _, pid in reversed(self.started):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 20  # libvirtd 11 was seen taking over 15 s

@@ -26,7 +26,8 @@ def test_stable_ids_exist() -> None:
 
 
 def test_rules_ship_in_rules_dir() -> None:
-    assert [p.name for p in default_files()] == ["image-health.yaml", "incremental-backup.yaml"]
+    assert [p.name for p in default_files()] == ["checkpoints.yaml", "image-health.yaml",
+                                                  "incremental-backup.yaml"]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -185,9 +186,10 @@ def test_example_that_fails_its_rule(tmp_path: Path) -> None:
 
 def test_ids_are_unique_across_files(tmp_path: Path) -> None:
     copy = tmp_path / "copy.yaml"
-    copy.write_text((default_files()[1]).read_text().replace("article: incremental-backup", "article: copy"))
+    original = next(p for p in default_files() if p.name == "incremental-backup.yaml")
+    copy.write_text(original.read_text().replace("article: incremental-backup", "article: copy"))
     with pytest.raises(RulesError, match=r"copy.yaml:\d+: rule bitmap-in-top: id already used in .*incremental-backup.yaml:\d+"):
-        load_rules([default_files()[1], copy])
+        load_rules([original, copy])
 
 
 def test_list_and_explain() -> None:
