@@ -50,6 +50,7 @@ Other code blocks (``sh``, ``json``, ``text``...) are shown, not run.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -166,6 +167,8 @@ def run_command(example: Example) -> Optional[str]:
                 return f"$ {command.script}\nCI must run the libvirt examples: {why}"
             pytest.skip(why)
         libvirtd.DAEMONS.ensure()
+        if LOCK_KEY not in example.namespace:
+            example.namespace[LOCK_KEY] = _hold_libvirt_lock()
     try:
         done = subprocess.run(["bash", "-c", command.script], cwd=where, env=_environment(where),
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -316,7 +319,24 @@ def teardown(namespace: dict[str, Any]) -> None:
     root = namespace.pop(DIR_KEY).parent
     stop_leftovers(root / "work")
     remove_domains(root / "work")
+    lock = namespace.pop(LOCK_KEY, None)
+    if lock is not None:
+        lock.close()  # releases it
     shutil.rmtree(root)  # does not follow symbolic links out of it
+
+
+LOCK_KEY = "_kbrules_libvirt_lock"
+LOCK = Path("/run/lock/kbrules-libvirt-articles.lock")
+
+
+def _hold_libvirt_lock() -> Any:
+    """An article's domains have fixed names (the reader sees them): two test runs on
+    one host take turns, each holding this lock from its first virsh command to the
+    article's end."""
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    handle = LOCK.open("w")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
 
 
 def remove_domains(where: Path) -> None:
