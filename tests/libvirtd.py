@@ -68,8 +68,8 @@ class Daemons:
         self.started: list[tuple[str, int]] = []
 
     def answering(self) -> bool:
-        try:
-            return virsh("version", check=False, timeout=10).returncode == 0
+        try:  # `virsh version` asks QEMU too and takes seconds; this does not
+            return virsh("uri", check=False, timeout=10).returncode == 0
         except subprocess.TimeoutExpired:
             return False
 
