@@ -168,6 +168,7 @@ def check(args: argparse.Namespace) -> int:
     if not output.batch:
         result = _check_one(sources[0], args, rules, program)  # errors: one line, exit 2
         output.add(result)
+        output.end()
         return result.code
     return _check_many(sources, args, rules, program, output)
 

@@ -127,25 +127,25 @@ def kb_report($args):
     | (0) as $at | kb_context($chain; $at) as $c
     | { rule: "bitmap-in-top", severity: "error", layer: $at,
         filename: $c.filename, message: ($c | "bitmap '" + (.["name"] | tostring) + "' is not in the top image " + (.["filename"] | tostring)),
-        remediation: ($c | "This bitmap cannot serve an incremental backup. Take a new full backup and start a new bitmap in the top image with it (libvirt: a new checkpoint; offline: qemu-img bitmap --add -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ")."), caveat: null,
+        remediation: ($c | "This bitmap cannot serve an incremental backup. Take a new full backup and start a new bitmap in the top image with it: with libvirt, a new checkpoint; offline: qemu-img bitmap --add -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + "."), caveat: null,
         si: 0, ri: 0, name: .name } ),
     ( $S["copy"][] | select((.["copies_above"] == .["layer"]) | kb_truthy | not)
     | (.["layer"]) as $at | kb_context($chain; $at) as $c
     | { rule: "bitmap-contiguous", severity: "error", layer: $at,
         filename: $c.filename, message: ($c | "bitmap '" + (.["name"] | tostring) + "' in layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ") is cut off from the top: a layer above lacks it"),
-        remediation: ($c | "Writes made while the layer without the bitmap was the top were not tracked, so no incremental backup can be based on this bitmap. Remove the stray copy (qemu-img bitmap --remove -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ", image offline) and take a new full backup."), caveat: null,
+        remediation: ($c | "Writes made while the layer without the bitmap was the top were not tracked, so no incremental backup can be based on this bitmap. Remove the stray copy, with the image offline: qemu-img bitmap --remove -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ". Then take a new full backup."), caveat: null,
         si: 0, ri: 1, name: .name } ),
     ( $S["copy"][] | select(.["recording"] | kb_truthy | not)
     | (.["layer"]) as $at | kb_context($chain; $at) as $c
     | { rule: "bitmap-recording", severity: "error", layer: $at,
         filename: $c.filename, message: ($c | "bitmap '" + (.["name"] | tostring) + "' is disabled (not recording) in layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ")"),
-        remediation: ($c | "Writes made while it was disabled were not tracked, and enabling it now does not bring them back. Remove the bitmap (qemu-img bitmap --remove -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ", and its copies in the other layers) and take a new full backup."), caveat: null,
+        remediation: ($c | "Writes made while it was disabled were not tracked, and enabling it now does not bring them back. Remove the bitmap from every layer that holds it, with the images offline; from this one: qemu-img bitmap --remove -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ". Then take a new full backup."), caveat: null,
         si: 0, ri: 2, name: .name } ),
     ( $S["copy"][] | select((.["inconsistent"] | not) | kb_truthy | not)
     | (.["layer"]) as $at | kb_context($chain; $at) as $c
     | { rule: "bitmap-consistent", severity: "error", layer: $at,
         filename: $c.filename, message: ($c | "bitmap '" + (.["name"] | tostring) + "' is inconsistent (in-use) in layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ")"),
-        remediation: ($c | "It cannot be trusted or repaired (qemu-img check -r all leaves it alone). With the image offline, remove it (qemu-img bitmap --remove -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ") and take a new full backup. If a VM still runs on this image, the flag says nothing offline: ask QEMU over QMP instead."), caveat: null,
+        remediation: ($c | "It cannot be trusted or repaired (qemu-img check -r all leaves it alone). If a VM still runs on this image, the flag says nothing offline: ask QEMU over QMP instead. Otherwise remove it, with the image offline: qemu-img bitmap --remove -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ". Then take a new full backup."), caveat: null,
         si: 0, ri: 3, name: .name } ),
     ( $S["copy"][] | select(.["persistent"] | kb_truthy | not)
     | (.["layer"]) as $at | kb_context($chain; $at) as $c
