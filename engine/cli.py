@@ -14,7 +14,7 @@ from . import __version__, jqbackend
 from .errors import KbrulesError, UsageError
 from .evaluate import evaluate
 from .examples import ENGINES, check_example
-from .formats import FORMATS, Output, Result, write_text
+from .formats import FORMATS, Output, Result, terminal_style, write_text
 from .inputs import STDIN, read_input
 from .loader import load_rules
 from .model import any_error
@@ -270,9 +270,16 @@ def test_rules(args: argparse.Namespace) -> int:
 
 
 def list_rules(args: argparse.Namespace) -> int:
-    rows = [["ID", "SEVERITY", "TITLE", "ARTICLE"]] + [
-        [r.id, r.severity, r.title, f"docs/kbase/{r.article}.rst"] for r in _rules(args)]
-    write_text("\n".join(table(rows)))
+    """The rules by article: id, severity and title, the titles wrapped to the width."""
+    rules = _rules(args)
+    width = terminal_style().width
+    out: list[str] = []
+    for article in dict.fromkeys(r.article for r in rules):
+        rows = [["ID", "SEVERITY", "TITLE"]] + [[r.id, r.severity, r.title]
+                                                for r in rules if r.article == article]
+        out += [""] if out else []
+        out += [f"docs/kbase/{article}.rst:", *table(rows, width, indent="  ")]
+    write_text("\n".join(out))
     return EXIT_OK
 
 
@@ -281,7 +288,7 @@ def explain(args: argparse.Namespace) -> int:
     rule = rules.get(args.rule)
     if rule is None:
         raise UsageError(f"unknown rule id {args.rule!r} (known: {', '.join(rules)})")
-    write_text(explanation(rule))
+    write_text(explanation(rule, terminal_style()))
     return EXIT_OK
 
 

@@ -560,6 +560,6 @@ def page_svg(results: Sequence[tuple[str, Union[Report, str]]]) -> str:
     return "\n".join([head, style, background, *body, "</svg>"]) + "\n"
 
 
-def explain_picture(report: Report) -> list[str]:
-    """An example's chain for kbrules explain: the picture alone, plain text."""
-    return grid_text(picture(report), Style(width=76), indent="       ")
+def explain_picture(report: Report, style: Style = PLAIN) -> list[str]:
+    """An example's chain for kbrules explain: the picture alone."""
+    return grid_text(picture(report), style, indent="       ")

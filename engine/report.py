@@ -10,11 +10,17 @@ from typing import Any
 
 from .draw import PLAIN, Style, explain_picture, report_text
 from .evaluate import evaluate
-from .model import Report
+from .model import Finding, Report
 from .normalize import normalize
 from .rule import Example, Rule, Template
 from .subjects import KINDS
 from .text import plain, show
+
+
+def _finding(f: Finding) -> dict[str, Any]:
+    """A finding as the JSON report has it (README: 'JSON report'; `commands` is for
+    the text report only, and not part of that contract)."""
+    return {k: v for k, v in asdict(f).items() if k != "commands"}
 
 
 def to_dict(report: Report) -> dict[str, Any]:
@@ -23,9 +29,9 @@ def to_dict(report: Report) -> dict[str, Any]:
         "chain": [{"layer": l.layer, "filename": l.filename, "format": l.format, "node": l.node}
                   for l in report.chain.layers],
         "rules": list(report.rules),
-        "bitmaps": [{"name": v.name, "valid": v.valid, "findings": [asdict(f) for f in v.findings]}
+        "bitmaps": [{"name": v.name, "valid": v.valid, "findings": [_finding(f) for f in v.findings]}
                     for v in report.bitmaps],
-        "findings": [asdict(f) for f in report.findings],
+        "findings": [_finding(f) for f in report.findings],
     }
 
 
@@ -77,19 +83,20 @@ def template_lines(label: str, template: Template, width: int = 80) -> list[str]
     return lines if lines[0].startswith(label) else [label.rstrip()] + lines
 
 
-def explanation(rule: Rule) -> str:
+def explanation(rule: Rule, style: Style = PLAIN) -> str:
     """kbrules explain: everything a person needs to know about one rule, as plain
     text (the docs render the same texts as reStructuredText)."""
     out = [f"{rule.id} ({rule.severity}): {rule.title}",
            f"article: docs/kbase/{rule.article}.rst, section \"{rule.id}\"",
            f"rules file: {rule.source}", "",
-           *textwrap.wrap(plain(rule.statement), 80, break_on_hyphens=False), "",
+           *textwrap.wrap(plain(rule.statement), style.width, break_on_hyphens=False), "",
            f"checked on: {KINDS[rule.subject].doc} (subject {rule.subject})",
-           "requires: " + json.dumps(rule.require), "",
-           *template_lines("message:     ", rule.message),
-           *template_lines("remediation: ", rule.remediation),
+           *textwrap.wrap("requires: " + json.dumps(rule.require), style.width,
+                          subsequent_indent="          ", break_on_hyphens=False), "",
+           *template_lines("message:     ", rule.message, style.width),
+           *template_lines("remediation: ", rule.remediation, style.width),
            "", "examples (what kbrules check says with this rule alone):"]
     for number, example in enumerate(rule.examples, 1):
         out += ["", f"  {number}. {example_summary(rule, example)}"]
-        out += explain_picture(example_report(rule, example))
+        out += explain_picture(example_report(rule, example), style)
     return "\n".join(out)

@@ -4,6 +4,7 @@ counts. A leaf module: it imports nothing of kbrules, so any layer may use it.""
 from __future__ import annotations
 
 import json
+import textwrap
 import unicodedata
 from typing import Any
 
@@ -53,10 +54,19 @@ def sh_quote(value: Any) -> str:
     return "'" + value.replace("'", SH_ESCAPED) + "'" if isinstance(value, str) else tostring(value)
 
 
-def table(rows: list[list[str]]) -> list[str]:
-    """Rows as left-aligned columns, two spaces apart."""
+def table(rows: list[list[str]], width: int = 0, indent: str = "") -> list[str]:
+    """Rows as left-aligned columns, two spaces apart. With `width`, the last column's
+    text wraps at spaces so that lines fit (as far as the other columns leave room)."""
     widths = [max(cols(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(pad(c, w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    left = len(indent) + sum(w + 2 for w in widths[:-1])
+    room = max(width - left, 20) if width else 0
+    out = []
+    for r in rows:
+        last = textwrap.wrap(r[-1], room, break_long_words=False, break_on_hyphens=False) \
+            if room and cols(r[-1]) > room else [r[-1]]
+        out.append((indent + "  ".join(pad(c, w) for c, w in zip(r[:-1] + [last[0]], widths))).rstrip())
+        out += [" " * left + more for more in last[1:]]
+    return out
 
 
 def count(n: int, what: str) -> str:
