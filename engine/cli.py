@@ -41,7 +41,9 @@ input (detected automatically):
 
 examples:
   kbrules check top.qcow2 --bitmap backup-1
-  qemu-img info --output=json --backing-chain top.qcow2 | kbrules check - --format json
+  qemu-img info --output=json --backing-chain top.qcow2 \\
+      | kbrules check - --format json
+  kbrules check top.qcow2 --format html > report.html   (to open in a browser)
   virsh qemu-monitor-command vm1 '{"execute":"query-named-block-nodes",
       "arguments":{"flat":true}}' | kbrules check - --top libvirt-1-format
   kbrules check top.qcow2 --bitmap=-odd-name     (a name starting with '-')

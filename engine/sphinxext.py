@@ -246,10 +246,12 @@ def _write_css(app: Sphinx, error: Optional[Exception]) -> None:
         (static / CSS_FILE).write_text(draw.CSS + DOCS_CSS, encoding="utf-8")
 
 
-# The docs' own additions: the input folded under a picture.
+# The docs' own additions: the input folded under a picture, and code blocks marked
+# ":class: wrap" (a one-line message that must stay one line) wrapped, not clipped.
 DOCS_CSS = """\
 details.kb-input { margin: 0 0 1em; font-size: 0.9em; }
 details.kb-input summary { cursor: pointer; }
+div.wrap pre { white-space: pre-wrap; overflow-wrap: anywhere; }
 """
 
 

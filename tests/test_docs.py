@@ -231,9 +231,11 @@ def _line_of(text: str, needle: str) -> int:
 
 CHANGES = {
     # One value in a JSON output.
-    "json": ('   $ qemu-img info --output=json base.qcow2 | jq -c \'.["format-specific"].data.bitmaps // [] | .[]\'\n'
+    "json": ('   $ qemu-img info --output=json base.qcow2 \\\n'
+             '   >   | jq -c \'.["format-specific"].data.bitmaps // [] | .[]\'\n'
              '   {"flags":["auto"],"name":"daily","granularity":65536}',
-             '   $ qemu-img info --output=json base.qcow2 | jq -c \'.["format-specific"].data.bitmaps // [] | .[]\'\n'
+             '   $ qemu-img info --output=json base.qcow2 \\\n'
+             '   >   | jq -c \'.["format-specific"].data.bitmaps // [] | .[]\'\n'
              '   {"flags":["auto"],"name":"daily","granularity":65537}'),
     # One word in a text output.
     "text": ("   daily   yes    -                   -      -\n\n   1 bitmap checked: 1 valid, 0 not valid\n\n\n"
