@@ -97,13 +97,11 @@ def rule_tail(rule: Rule) -> str:
 # The rules reference ---------------------------------------------------------------------
 
 def rule_reference(rule: Rule, level: int, has_article: bool = True) -> list[str]:
-    lines = [f".. _reference-{rule.id}:", "", *heading(f"``{rule.id}``", level),
-             f":Title: {escape(rule.title)}",
-             f":Severity: {rule.severity}",
-             f":Checked on: {escape(KINDS[rule.subject].doc)} "
-             f"(subject ``{rule.subject}``)",
-             f":Requires: ``{json.dumps(rule.require)}``",
-             f":Article: :ref:`{rule.id}`" if has_article else ":Article: (missing)", "",
+    article = f":ref:`in its article <{rule.id}>`" if has_article else "(its article is missing)"
+    lines = [f".. _reference-{rule.id}:", "", *heading(f"``{rule.id}``: {escape(rule.title)}", level),
+             f"**{rule.severity}**, checked on {escape(KINDS[rule.subject].doc)} "
+             f"(subject ``{rule.subject}``); {article}. Requires:", "",
+             *_code("json", json.dumps(rule.require)),
              *rule.statement.strip().splitlines(), "",
              *template(rule.message, "**Message:** "),
              *template(rule.remediation, "**Remediation:** ")]

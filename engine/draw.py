@@ -45,7 +45,7 @@ SEVERITY_SGR = {"error": "1;31", "warning": "1;33", "info": "1;34"}
 CHAIN_HEADERS = ("LAYER", "FORMAT", "FILE")
 BITMAP_HEADERS = ("BITMAP", "VALID", "FIRST FAILING RULE", "LAYER", "FILE")
 NAME_WIDTH = 16  # a bitmap's column shows at most this much of its name
-FILE_WIDTH = 40  # and the chain's file names at most this much, beside bitmap columns
+FILE_WIDTH = 40  # the SVG shows at most this much of a file name (its tooltip all of it)
 
 
 def first_error(findings: Sequence[Finding]) -> Optional[Finding]:
@@ -90,9 +90,9 @@ def grid_text(grid: Grid, style: Style = PLAIN, indent: str = "  ") -> list[str]
             return cols(str(r.layer)), str(r.layer)
         return len(str(r.layer)) + 2, f"{r.layer} " + _paint(glyph[r.worst], SEVERITY_SGR[r.worst], style)
 
-    files = FILE_WIDTH if shown.columns else 0
+    # File names whole: when they are long, the bitmap columns go to the blocks below.
     labels = {i: [layer_label(i), (cols(grid.rows[i].format), grid.rows[i].format),
-                  (cols(show(grid.rows[i].filename, files)), show(grid.rows[i].filename, files))]
+                  (cols(show(grid.rows[i].filename)), show(grid.rows[i].filename))]
               for i in rows}
     label_widths = [max([cols(h)] + [labels[i][k][0] for i in rows]) for k, h in enumerate(CHAIN_HEADERS)]
     names = {j: _name(grid.columns[j].name, NAME_WIDTH) for j in shown.columns}
@@ -102,7 +102,7 @@ def grid_text(grid: Grid, style: Style = PLAIN, indent: str = "  ") -> list[str]
     blocks: list[list[int]] = [[]]
     used = len(indent) + sum(label_widths) + 2 * (len(label_widths) - 1)
     for j in shown.columns:
-        if used + 2 + widths[j] > style.width and (blocks[-1] or len(blocks) > 1):
+        if used + 2 + widths[j] > style.width and (blocks[-1] or len(blocks) == 1):
             blocks.append([])
             used = len(indent) + label_widths[0]
         blocks[-1].append(j)
@@ -160,13 +160,13 @@ def remediation_pieces(text: str, commands: Sequence[str]) -> list[tuple[str, bo
         pos = at + len(command)
     out.append((text[pos:], False))
     pieces: list[tuple[str, bool]] = []
-    for number, (piece, command) in enumerate(out):
-        if not command:
+    for number, (piece, is_command) in enumerate(out):
+        if not is_command:
             if number and out[number - 1][1]:
                 piece = piece.lstrip(" .,;")
             piece = piece.strip()
         if piece:
-            pieces.append((piece, command))
+            pieces.append((piece, is_command))
     return pieces
 
 
@@ -206,7 +206,8 @@ def report_text(report: Report, style: Style = PLAIN) -> str:
     chain = report.chain
     grid = picture(report)
     per = "; one column per bitmap:" if grid.columns else ":"
-    out = [f"chain from {chain.source}, {count(len(chain.layers), 'layer')}, top first{per}"]
+    out = _wrap(f"chain from {chain.source}, {count(len(chain.layers), 'layer')}, top first{per}",
+                "", "  ", style.width)
     out += grid_text(grid, style)
     if not chain.complete:
         last = chain.layers[-1]

@@ -127,6 +127,8 @@ class RulesReference(SphinxDirective):
                     problem = check_example(rule, example, number)
                     if problem:
                         logger.warning("%s", problem, location=self.get_location())
+        for generator in (docgen.__file__, draw.__file__):  # rebuilt when they change
+            self.env.note_dependency(str(generator))
         articles = {p.stem for p in paths if f"{docgen.ARTICLES}/{p.stem}" in self.env.found_docs}
         text = docgen.rules_reference(paths, articles)
         return nested_parse_to_nodes(self.state, text, source="rules reference (from rules/*.yaml)")
@@ -145,6 +147,7 @@ class ChainPicture(SphinxDirective):
         except (KbrulesError, ValueError, OSError) as e:
             logger.warning("kbrules-chain: %s", e, location=self.get_location())
             return []
+        self.env.note_dependency(draw.__file__)
         grid = picture(report)
         caption = self.options.get("caption", "")
         body = draw.grid_html(grid, caption)
@@ -166,8 +169,8 @@ class ChainPicture(SphinxDirective):
         value = json.loads(text)
         stems = [s.strip() for s in self.options.get("rules", "").split(",") if s.strip()]
         paths = [docgen.rules_file(s) for s in stems] or docgen.rule_files()
-        for path in paths:
-            self.env.note_dependency(str(path))
+        for rules_path in paths:
+            self.env.note_dependency(str(rules_path))
         rule = self.options.get("rule")
         rules = load_rules(paths, [rule] if rule else [], examples=False)
         bitmaps = json.loads(self.options["bitmap"]) if "bitmap" in self.options else None
