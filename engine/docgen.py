@@ -101,7 +101,7 @@ def rule_reference(rule: Rule, level: int, has_article: bool = True) -> list[str
     lines = [f".. _reference-{rule.id}:", "", *heading(f"``{rule.id}``: {escape(rule.title)}", level),
              f"**{rule.severity}**, checked on {escape(KINDS[rule.subject].doc)} "
              f"(subject ``{rule.subject}``); {article}. Requires:", "",
-             *_code("json", json.dumps(rule.require)),
+             *_code("json", _compact(rule.require)),
              *rule.statement.strip().splitlines(), "",
              *template(rule.message, "**Message:** "),
              *template(rule.remediation, "**Remediation:** ")]
@@ -113,6 +113,12 @@ def rule_reference(rule: Rule, level: int, has_article: bool = True) -> list[str
         lines += [f"- layer {f.layer}: {escape(f.message)}" for f in findings]
         lines += [""] if findings else []
     return lines
+
+
+def _compact(value: Any, width: int = 80) -> str:
+    """JSON on one line when it fits `width`, else indented."""
+    line = json.dumps(value)
+    return line if len(line) <= width else json.dumps(value, indent=2)
 
 
 def chain_directive(value: Any, rule: Optional[str] = None, bitmaps: Sequence[str] = ()) -> list[str]:
