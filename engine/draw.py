@@ -127,10 +127,10 @@ def grid_text(grid: Grid, style: Style = PLAIN, indent: str = "  ") -> list[str]
                 parts.append(text + " " * (widths[j] - n))
             out.append(indent + "  ".join(parts).rstrip())
     if shown.hidden_columns:
-        kept_invalid = any(grid.columns[j].valid is False for j in range(len(grid.columns))
+        hidden_invalid = any(grid.columns[j].valid is False for j in range(len(grid.columns))
                            if j not in shown.columns)
         out.append(indent + f"({count(shown.hidden_columns, 'more bitmap')} not drawn"
-                   + ("" if kept_invalid else ", all valid") + ": see the table below)")
+                   + ("" if hidden_invalid else ", all valid") + ": see the table below)")
     legend = [f"{glyph[s]} {MARK_DOC[s]}" for s in grid.severities()]
     if "absent" in grid.states():
         legend.append(f"{glyph['absent']} no copy in this layer")

@@ -35,6 +35,10 @@ class Mark:
     severity: str
 
 
+def _worst(marks: tuple[Mark, ...]) -> Optional[str]:
+    return marks[0].severity if marks else None  # marks come most severe first
+
+
 @dataclass(frozen=True)
 class Cell:
     state: str  # one of STATES
@@ -42,7 +46,7 @@ class Cell:
 
     @property
     def worst(self) -> Optional[str]:
-        return self.marks[0].severity if self.marks else None
+        return _worst(self.marks)
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ class Row:
 
     @property
     def worst(self) -> Optional[str]:
-        return self.marks[0].severity if self.marks else None
+        return _worst(self.marks)
 
 
 @dataclass(frozen=True)
