@@ -255,7 +255,7 @@ CSS = """\
   padding: 0.2em 0.6em; text-align: left; vertical-align: top; }
 .kb-grid thead th { font-weight: 600; }
 .kb-grid th.kb-name { max-width: 14em; overflow-wrap: anywhere; }
-.kb-grid td.kb-file { max-width: 24em; overflow-wrap: anywhere; }
+.kb-grid td.kb-file { min-width: 12em; max-width: 24em; overflow-wrap: anywhere; }
 .kb-grid .kb-recording, .kb-legend .kb-recording { background: rgba(40, 167, 69, 0.16); }
 .kb-grid .kb-disabled, .kb-legend .kb-disabled { background: rgba(255, 193, 7, 0.28); }
 .kb-grid .kb-in-use, .kb-legend .kb-in-use { background: rgba(220, 53, 69, 0.22); }
@@ -291,7 +291,8 @@ h1 { font-size: 1.5em; margin: 0 0 0.2em; } h2 { font-size: 1.2em; margin: 1.5em
 .kb-sev-info { color: #1565c0; }
 table.bitmaps { border-collapse: collapse; font-size: 0.9em; }
 table.bitmaps th, table.bitmaps td { border-bottom: 1px solid rgba(128, 128, 128, 0.3);
-  padding: 0.2em 0.8em 0.2em 0; text-align: left; overflow-wrap: anywhere; }
+  padding: 0.2em 0.8em 0.2em 0; text-align: left; white-space: nowrap; }
+table.bitmaps td.name { white-space: normal; overflow-wrap: anywhere; max-width: 30em; }
 .finding { border-left: 4px solid rgba(128, 128, 128, 0.5); padding: 0.1em 0 0.1em 0.8em;
   margin: 0.8em 0; overflow-wrap: anywhere; }
 .finding.error { border-color: #d32f2f; } .finding.warning { border-color: #b26a00; }
@@ -407,7 +408,7 @@ def report_html(report: Report) -> str:
                    "<th>first failing rule</th><th>layer</th></tr></thead><tbody>")
         for v in report.bitmaps:
             first = first_error(v.findings)
-            out.append(f"<tr><td><code>{_e(v.name) or '&quot;&quot;'}</code></td>"
+            out.append(f'<tr><td class="name" title="{_e(v.name)}"><code>{_e(v.name, 80) or "&quot;&quot;"}</code></td>'
                        f"<td>{'yes' if v.valid else 'NO'}</td>"
                        f"<td>{html.escape(first.rule) if first else '-'}</td>"
                        f"<td>{first.layer if first else '-'}</td></tr>")
@@ -511,7 +512,7 @@ def _svg_grid(grid: Grid, title: str, top: float) -> tuple[list[str], float, flo
             valid = grid.columns[j].valid
             if valid is not None:
                 colour = "#2e7d32" if valid else SVG_MARK["error"]
-                out.append(text(col_x[j], y, "valid" if valid else "NOT VALID", "h", f' fill="{colour}"'))
+                out.append(text(col_x[j], y, "valid" if valid else "NOT VALID", "h", f' style="fill: {colour}"'))
         y += ROW
     lx = x0 + 8
     for state in grid.states():
