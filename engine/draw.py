@@ -273,7 +273,7 @@ CSS = """\
 .kb-grid tr.kb-gap td { text-align: center; font-style: italic; }
 .kb-scroll { overflow-x: auto; }
 .kb-legend { font-size: 0.85em; margin: 0.2em 0 1em; }
-.kb-legend > span { margin-right: 1.2em; white-space: nowrap; }
+.kb-legend > span { margin-right: 1.2em; display: inline-block; max-width: 100%; }
 .kb-legend .kb-swatch { display: inline-block; width: 0.9em; height: 0.9em; margin: 0 0.3em 0 0;
   vertical-align: -0.1em; border: 1px solid rgba(128, 128, 128, 0.5); }
 """
