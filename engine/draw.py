@@ -255,7 +255,7 @@ CSS = """\
   padding: 0.2em 0.6em; text-align: left; vertical-align: top; }
 .kb-grid thead th { font-weight: 600; }
 .kb-grid th.kb-name { max-width: 14em; overflow-wrap: anywhere; }
-.kb-grid td.kb-file { min-width: 12em; max-width: 24em; overflow-wrap: anywhere; }
+.kb-grid td.kb-file { white-space: nowrap; }
 .kb-grid .kb-recording, .kb-legend .kb-recording { background: rgba(40, 167, 69, 0.16); }
 .kb-grid .kb-disabled, .kb-legend .kb-disabled { background: rgba(255, 193, 7, 0.28); }
 .kb-grid .kb-in-use, .kb-legend .kb-in-use { background: rgba(220, 53, 69, 0.22); }
@@ -337,7 +337,7 @@ def grid_html(grid: Grid, caption: str = "") -> str:
             continue
         row = grid.rows[r]
         out.append(f"<tr><th>{row.layer}{marks(row.marks)}</th><td>{_e(row.format)}</td>"
-                   f'<td class="kb-file">{_e(row.filename)}</td>')
+                   f'<td class="kb-file" title="{_e(row.filename)}">{_e(row.filename, 80)}</td>')
         for j in shown.columns:
             c = grid.cells[r][j]
             word = glyph["absent"] if c.state == "absent" else c.state
