@@ -57,8 +57,9 @@ def example_summary(rule: Rule, example: Example) -> str:
 
 
 def _name(name: str) -> str:
-    return show(json.dumps(name, ensure_ascii=False)[1:-1]) if name.strip() == name and name else \
-        show(json.dumps(name, ensure_ascii=False))
+    """A bitmap name in running text: as it is, or in JSON quotes when it is empty or
+    has spaces at its ends."""
+    return show(name) if name and name.strip() == name else show(json.dumps(name, ensure_ascii=False))
 
 
 def example_report(rule: Rule, example: Example) -> Report:

@@ -83,6 +83,7 @@ class Template:
             out.append(("".join(words), number % 2 == 1))
         return out
 
+
 @dataclass(frozen=True)
 class Example:
     expect: str  # "pass" or "fail"
