@@ -14,7 +14,7 @@ from . import __version__, jqbackend, libvirt
 from .errors import KbrulesError, UsageError
 from .evaluate import evaluate
 from .examples import ENGINES, check_example
-from .formats import FORMATS, Output, Result, write_text
+from .formats import FORMATS, Output, Result, terminal_style, write_text
 from .inputs import STDIN, Input, read_input
 from .loader import load_rules
 from .model import any_error
@@ -42,7 +42,9 @@ input (detected automatically):
 
 examples:
   kbrules check top.qcow2 --bitmap backup-1
-  qemu-img info --output=json --backing-chain top.qcow2 | kbrules check - --format json
+  qemu-img info --output=json --backing-chain top.qcow2 \\
+      | kbrules check - --format json
+  kbrules check top.qcow2 --format html > report.html   (to open in a browser)
   virsh qemu-monitor-command vm1 '{"execute":"query-named-block-nodes",
       "arguments":{"flat":true}}' | kbrules check - --top libvirt-1-format
   kbrules check top.qcow2 --bitmap=-odd-name     (a name starting with '-')
@@ -183,6 +185,7 @@ def check(args: argparse.Namespace) -> int:
     if not output.batch:
         result = _check_one(sources[0], args, rules, program)  # errors: one line, exit 2
         output.add(result)
+        output.end()
         return result.code
 
     def one(source: str) -> list[Result]:
@@ -319,9 +322,16 @@ def test_rules(args: argparse.Namespace) -> int:
 
 
 def list_rules(args: argparse.Namespace) -> int:
-    rows = [["ID", "SEVERITY", "TITLE", "ARTICLE"]] + [
-        [r.id, r.severity, r.title, f"docs/kbase/{r.article}.rst"] for r in _rules(args)]
-    write_text("\n".join(table(rows)))
+    """The rules by article: id, severity and title, the titles wrapped to the width."""
+    rules = _rules(args)
+    width = terminal_style().width
+    out: list[str] = []
+    for article in dict.fromkeys(r.article for r in rules):
+        rows = [["ID", "SEVERITY", "TITLE"]] + [[r.id, r.severity, r.title]
+                                                for r in rules if r.article == article]
+        out += [""] if out else []
+        out += [f"docs/kbase/{article}.rst:", *table(rows, width, indent="  ")]
+    write_text("\n".join(out))
     return EXIT_OK
 
 
@@ -330,7 +340,7 @@ def explain(args: argparse.Namespace) -> int:
     rule = rules.get(args.rule)
     if rule is None:
         raise UsageError(f"unknown rule id {args.rule!r} (known: {', '.join(rules)})")
-    write_text(explanation(rule))
+    write_text(explanation(rule, terminal_style()))
     return EXIT_OK
 
 

@@ -11,14 +11,11 @@ import re
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .evaluate import evaluate
 from .loader import load_rules, rules_dir
-from .normalize import normalize
-from .report import to_text
 from .model import ADVICE
+from .report import example_report, example_summary
 from .rule import Rule, Template
 from .subjects import KINDS
-from .text import sh_quote
 
 HEADINGS = "-~^\""  # underline characters, outermost first
 ARTICLES = "docs/kbase"  # where the article of rules/<stem>.yaml lives: docs/kbase/<stem>.rst
@@ -49,15 +46,24 @@ def heading(title: str, level: int) -> list[str]:
     return [title, HEADINGS[level] * max(len(title), 4), ""]
 
 
-def template(t: Template) -> str:
-    """A message or remediation template: its text, each placeholder as *field*."""
-    out = []
-    for literal, field, _ in t.parts:
-        out.append(_MARKUP.sub(r"\\\1", literal))
-        if field is not None:
-            out.append(f"*{field}*")
-    text = " ".join("".join(out).split())
-    return "\\" + text if re.match(r"[-+*#.:(|0-9]", text) else text
+def template(t: Template, label: str = "") -> list[str]:
+    """A message or remediation template as reStructuredText lines, read as `kbrules
+    explain` prints it: each placeholder as its field's name in capitals (FILENAME),
+    each command in a literal block of its own."""
+    lines: list[str] = []
+    after_command = False
+    for piece, command in t.pieces():
+        piece = " ".join(piece.split())
+        if command:
+            if not lines and label:
+                lines += [label.strip(), ""]
+            lines += _code("sh", piece)
+        else:
+            piece = piece.lstrip(" .,;") if after_command else piece
+            if piece:
+                lines += [(label if not lines else "") + escape(piece), ""]
+        after_command = command
+    return lines
 
 
 def _indent(lines: Sequence[str], by: str = "   ") -> list[str]:
@@ -83,67 +89,60 @@ def rule_head(rule: Rule, level: int = 0) -> str:
 
 
 def remediation(rule: Rule, title: str) -> list[str]:
-    """A rule's remediation: one paragraph, or one item per advice where they differ."""
-    texts = {advice: template(t) for advice, t in rule.remediation.items()}
-    if len(set(texts.values())) == 1:
-        return [f"{title}: {next(iter(texts.values()))}", ""]
-    return [f"{title}, for data from", "",
-            *[f"- {escape(ADVICE[advice])}: {text}" for advice, text in texts.items()], ""]
+    """A rule's remediation: one text, or one per source of the data where they differ."""
+    templates = rule.remediation
+    if len({t.text for t in templates.values()}) == 1:
+        return template(next(iter(templates.values())), f"{title}: ")
+    lines = [f"{title}, by where the data comes from:", ""]
+    for advice, t in templates.items():
+        lines += template(t, f"*{escape(ADVICE[advice].capitalize())}*: ")
+    return lines
 
 
 def rule_tail(rule: Rule) -> str:
     """The end of a rule's section: what kbrules says when it fails, and what to do."""
     return "\n".join([
         ".. rubric:: When it fails", "",
-        f"kbrules reports: “{template(rule.message)}”", "",
-        *remediation(rule, "What to do")])
+        *template(rule.message, "kbrules reports: "), *remediation(rule, "What to do")])
 
 
 # The rules reference ---------------------------------------------------------------------
 
-def example_report(rule: Rule, bitmaps: Sequence[str], value: Any) -> str:
-    """What kbrules check --bitmap ... says about an example's input, this rule alone."""
-    return to_text(evaluate(normalize(value, "example"), [rule], list(bitmaps) or None))
-
-
 def rule_reference(rule: Rule, level: int, has_article: bool = True) -> list[str]:
-    lines = [f".. _reference-{rule.id}:", "", *heading(f"``{rule.id}``", level),
-             f":Title: {escape(rule.title)}",
-             f":Severity: {rule.severity}",
-             f":Checked on: {escape(KINDS[rule.subject].doc)} "
-             f"(subject ``{rule.subject}``)",
-             f":Requires: ``{json.dumps(rule.require)}``",
-             f":Article: :ref:`{rule.id}`" if has_article else ":Article: (missing)", "",
+    article = f":ref:`in its article <{rule.id}>`" if has_article else "(its article is missing)"
+    lines = [f".. _reference-{rule.id}:", "", *heading(f"``{rule.id}``: {escape(rule.title)}", level),
+             f"**{rule.severity}**, checked on {escape(KINDS[rule.subject].doc)} "
+             f"(subject ``{rule.subject}``); {article}. Requires:", "",
+             *_code("json", _compact(rule.require)),
              *rule.statement.strip().splitlines(), "",
-             f"**Message:** {template(rule.message)}", "",
+             *template(rule.message, "**Message:** "),
              *remediation(rule, "**Remediation**")]
     for number, example in enumerate(rule.examples, 1):
-        names = ", ".join(map(_name, example.bitmaps)) or "every bitmap"
-        verdict = "passes" if example.expect == "pass" else "fails" + (
-            f", findings at layers {', '.join(map(str, example.layers))}"
-            if example.layers is not None else "")
-        command = "kbrules check" + "".join(f" --bitmap={_word(n)}" for n in example.bitmaps)
-        lines += [f".. rubric:: Example {number}: {verdict} ({names})", "",
-                  "Input:", "", *_code("json", json.dumps(example.input, indent=2, ensure_ascii=False)),
-                  f"What ``{command}`` says about it, this rule alone:" if _plain(command)
-                  else f"What {escape(command)} says about it, this rule alone:", "",
-                  *_code("text", example_report(rule, example.bitmaps, example.input))]
+        lines += [f".. rubric:: Example {number}: {escape(example_summary(rule, example))}", "",
+                  *chain_directive(example.input, rule=rule.id, bitmaps=example.bitmaps)]
+        report = example_report(rule, example)
+        findings = [f for v in report.bitmaps for f in v.findings] + list(report.findings)
+        lines += [f"- layer {f.layer}: {escape(f.message)}" for f in findings]
+        lines += [""] if findings else []
     return lines
 
 
-def _plain(text: str) -> bool:
-    """Text that can stand in an inline literal as it is."""
-    return bool(text) and "`" not in text and text == text.strip()
+def _compact(value: Any, width: int = 80) -> str:
+    """JSON on one line when it fits `width`, else indented."""
+    line = json.dumps(value)
+    return line if len(line) <= width else json.dumps(value, indent=2)
 
 
-def _name(name: str) -> str:
-    """A bitmap name in running text: a literal, or as JSON when it cannot be one."""
-    return f"``{name}``" if _plain(name) else escape(json.dumps(name, ensure_ascii=False))
-
-
-def _word(name: str) -> str:
-    """A bitmap name as one shell word."""
-    return name if re.fullmatch(r"[\w.@%+=:,/-]+", name) else sh_quote(name)
+def chain_directive(value: Any, rule: Optional[str] = None, bitmaps: Sequence[str] = ()) -> list[str]:
+    """A kbrules-chain directive that draws `value` (qemu-img or QMP JSON), with its
+    input folded below the picture."""
+    options = [":show-input:"]
+    if rule:
+        options.append(f":rule: {rule}")
+    if bitmaps:
+        options.append(f":bitmap: {json.dumps(list(bitmaps), ensure_ascii=False)}")
+    body = json.dumps(value, indent=2, ensure_ascii=False).splitlines()
+    return [".. kbrules-chain::", *_indent(options), "", *_indent(body), ""]
 
 
 def rules_reference(paths: Sequence[Path], articles: Optional[set[str]] = None,

@@ -20,6 +20,7 @@ def _finding(rule: Rule, chain: Chain, facts: dict[str, Any]) -> Finding:
     return Finding(rule=rule.id, severity=rule.severity, layer=index, filename=layer.filename,
                    message=rule.message.render(context),
                    remediation=rule.remediation[chain.advice].render(context),
+                   commands=rule.remediation[chain.advice].render_commands(context),
                    caveat=SHARED_RW_CAVEAT if layer.shared_rw else None)
 
 

@@ -8,10 +8,14 @@ text to backslash escapes when stdout is not UTF-8, so that exit 1 never means
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
+from . import __version__
+from .draw import GLYPHS, Style, page_html, page_svg
 from .model import Report
 from .report import to_dict, to_text
 from .text import show
@@ -44,6 +48,34 @@ class Result:
 
 def _utf8() -> bool:
     return (sys.stdout.encoding or "").lower().replace("-", "") == "utf8"
+
+
+def terminal_style() -> Style:
+    """How to draw text on this stdout: the width of the terminal (80 when stdout is
+    not one; $COLUMNS wins when set), Unicode when its encoding can show the glyphs,
+    colour only on a terminal and never with $NO_COLOR set (no-color.org) or TERM=dumb."""
+    tty = sys.stdout.isatty()
+    width = 80
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        width = int(columns)
+    elif tty:
+        width = shutil.get_terminal_size((80, 24)).columns
+    try:
+        "".join(GLYPHS[True].values()).encode(sys.stdout.encoding or "ascii")
+        unicode = True
+    except (UnicodeEncodeError, LookupError):
+        unicode = False
+    colour = tty and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+    return Style(width=max(width, 40), unicode=unicode, colour=colour)
+
+
+def write_markup(text: str) -> None:
+    """HTML or SVG: what stdout cannot encode becomes a character reference."""
+    if not _utf8():
+        text = text.encode("ascii", "xmlcharrefreplace").decode("ascii")
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def write_text(text: str) -> None:
@@ -84,7 +116,7 @@ class TextOutput(Output):
         elif result.skipped is not None:
             body = f"skipped: {show(result.skipped)}"
         elif isinstance(result.report, Report):
-            body = to_text(result.report)
+            body = to_text(result.report, terminal_style())
         else:
             raise TypeError("the text format needs a report of the Python engine")
         write_text(f"== {show(result.source)} ==\n{body}\n" if self.batch else body)
@@ -116,4 +148,44 @@ class JsonlOutput(Output):
         write_json(result.entry(), indent=None)
 
 
-FORMATS: dict[str, type[Output]] = {"text": TextOutput, "json": JsonOutput, "jsonl": JsonlOutput}
+class _PageOutput(Output):
+    """A whole document written at the end, with one part per input."""
+
+    json = False
+
+    def __init__(self, batch: bool) -> None:
+        super().__init__(batch)
+        self.results: list[tuple[str, Union[Report, str]]] = []
+
+    def add(self, result: Result) -> None:
+        if result.error is not None:
+            self.results.append((result.source, result.error))
+        elif isinstance(result.report, Report):
+            self.results.append((result.source, result.report))
+        else:
+            raise TypeError(f"the {type(self).__name__} format needs a report of the Python engine")
+
+    def page(self) -> str:
+        raise NotImplementedError
+
+    def end(self) -> None:
+        write_markup(self.page())
+
+
+class HtmlOutput(_PageOutput):
+    help = ("one self-contained HTML page (the chain picture, the bitmaps, the findings; no "
+            "script, nothing fetched) to open in a browser or attach to a ticket")
+
+    def page(self) -> str:
+        return page_html(self.results, __version__)
+
+
+class SvgOutput(_PageOutput):
+    help = "the chain picture as one self-contained SVG image"
+
+    def page(self) -> str:
+        return page_svg(self.results)
+
+
+FORMATS: dict[str, type[Output]] = {"text": TextOutput, "json": JsonOutput, "jsonl": JsonlOutput,
+                                    "html": HtmlOutput, "svg": SvgOutput}

@@ -125,6 +125,9 @@ class Finding:
     message: str
     remediation: str
     caveat: Optional[str] = None
+    # The commands in `remediation`, each as it stands there, for a reader to copy:
+    # the text report puts each on a line of its own. Not in the JSON report.
+    commands: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,19 @@ import textwrap
 from dataclasses import asdict
 from typing import Any
 
+from .draw import PLAIN, Style, explain_picture, report_text
+from .evaluate import evaluate
 from .model import ADVICE, Finding, Report
-from .rule import Rule
-from .text import count, show, table
+from .normalize import normalize
+from .rule import Example, Rule, Template
+from .subjects import KINDS
+from .text import plain, show
+
+
+def _finding(f: Finding) -> dict[str, Any]:
+    """A finding as the JSON report has it (README: 'JSON report'; `commands` is for
+    the text report only, and not part of that contract)."""
+    return {k: v for k, v in asdict(f).items() if k != "commands"}
 
 
 def to_dict(report: Report) -> dict[str, Any]:
@@ -19,110 +29,93 @@ def to_dict(report: Report) -> dict[str, Any]:
         "chain": [{"layer": l.layer, "filename": l.filename, "format": l.format, "node": l.node}
                   for l in report.chain.layers],
         "rules": list(report.rules),
-        "bitmaps": [{"name": v.name, "valid": v.valid, "findings": [asdict(f) for f in v.findings]}
+        "bitmaps": [{"name": v.name, "valid": v.valid, "findings": [_finding(f) for f in v.findings]}
                     for v in report.bitmaps],
-        "findings": [asdict(f) for f in report.findings],
+        "findings": [_finding(f) for f in report.findings],
         "domain": None if report.chain.domain is None else {
             "name": report.chain.domain.name, "disk": report.chain.domain.disk,
             "running": report.chain.domain.running},
         "checkpoints": [{"name": c.name, "bitmap": c.bitmap, "usable": c.usable,
-                         "findings": [asdict(f) for f in c.findings]} for c in report.checkpoints],
+                         "findings": [_finding(f) for f in c.findings]} for c in report.checkpoints],
         "newest_usable_checkpoint": report.newest_usable,
     }
 
 
-def _finding_lines(f: Finding, about: str) -> list[str]:
-    lines = [f"  {f.severity.upper()} {f.rule}{about}, layer {f.layer} ({show(f.filename)})",
-             f"    {show(f.message)}",
-             f"    fix: {show(f.remediation)}"]
-    if f.caveat:
-        lines.append(f"    note: {f.caveat}")
+def to_text(report: Report, style: Style = PLAIN) -> str:
+    """The text report (engine.draw): the chain picture, the bitmaps, the findings."""
+    return report_text(report, style)
+
+
+def example_summary(rule: Rule, example: Example) -> str:
+    """What a rule's example shows, in words: 'fails, with a finding at layer 1
+    (bitmap a)'."""
+    text = "passes" if example.expect == "pass" else "fails"
+    layers = example.layers
+    if example.expect == "fail" and layers:
+        text += (f", with a finding at layer {layers[0]}" if len(layers) == 1 else
+                 f", with findings at layers {', '.join(map(str, layers[:-1]))} and {layers[-1]}")
+    names = ", ".join(_name(n) for n in example.bitmaps)
+    if names:
+        text += f" ({'bitmap' if len(example.bitmaps) == 1 else 'bitmaps'} {names})"
+    elif rule.subject != "layer":
+        text += " (every bitmap)"
+    return text
+
+
+def _name(name: str) -> str:
+    """A bitmap name in running text: as it is, or in JSON quotes when it is empty or
+    has spaces at its ends."""
+    return show(name) if name and name.strip() == name else show(json.dumps(name, ensure_ascii=False))
+
+
+def example_report(rule: Rule, example: Example) -> Report:
+    """What kbrules check says about an example's input, with this rule alone."""
+    return evaluate(normalize(example.input, "example", context=example.context), [rule],
+                    list(example.bitmaps) or None)
+
+
+def template_lines(label: str, template: Template, width: int = 80) -> list[str]:
+    """A message or remediation template as plain text: placeholders in capitals,
+    each command on a line of its own."""
+    rest = " " * len(label)
+    lines: list[str] = []
+    for piece, command in template.pieces():
+        piece = " ".join(piece.split())
+        if command:
+            lines.append(rest + "  " + piece)
+        elif piece.strip(" .,;"):
+            piece = piece.lstrip(" .,;") if lines and lines[-1].startswith(rest + "  ") else piece
+            lines += textwrap.wrap(piece, width, initial_indent=rest if lines else label,
+                                   subsequent_indent=rest, break_long_words=False,
+                                   break_on_hyphens=False)
+    return lines if lines[0].startswith(label) else [label.rstrip()] + lines
+
+
+def _remediation_lines(rule: Rule, width: int) -> list[str]:
+    """One remediation, or one per source of the data where they differ."""
+    templates = rule.remediation
+    if len({t.text for t in templates.values()}) == 1:
+        return template_lines("remediation: ", next(iter(templates.values())), width)
+    lines = ["remediation, by where the data comes from:"]
+    for advice, t in templates.items():
+        lines += [f"  {ADVICE[advice]}:", *template_lines("    ", t, width)]
     return lines
 
 
-def to_text(report: Report) -> str:
-    chain = report.chain
-    out = []
-    if chain.domain is not None:
-        d = chain.domain
-        out += [f"domain {show(d.name)}, disk {show(d.disk)} "
-                f"({'running: read live over QMP' if d.running else 'shut off: read with qemu-img'})"]
-    out += [f"chain from {chain.source}, {count(len(chain.layers), 'layer')}, top first:"]
-    out += ["  " + line for line in table(
-        [["LAYER", "FORMAT", "FILE"]]
-        + [[str(l.layer), l.format, show(l.filename)] for l in chain.layers])]
-    if not chain.complete:
-        last = chain.layers[-1]
-        out.append(f"  (incomplete: layer {last.layer} has the backing file "
-                   f"{show(last.backing or '?')}, which is not in the input)")
-    out.append("")
-    if not report.bitmaps:
-        out.append("no bitmaps in this chain (name one with --bitmap to check it anyway)")
-    else:
-        rows = [["BITMAP", "VALID", "FIRST FAILING RULE", "LAYER", "FILE"]]
-        for v in report.bitmaps:
-            # Findings come errors first: a warning alone does not fail the bitmap.
-            first = v.findings[0] if v.findings and v.findings[0].severity == "error" else None
-            rows.append([show(v.name, 40) or '""', "yes" if v.valid else "NO",
-                         first.rule if first else "-", str(first.layer) if first else "-",
-                         show(first.filename, 60) if first else "-"])
-        out += table(rows)
-    if chain.domain is not None:
-        out += ["", *_checkpoint_lines(report)]
-    findings = [(f, f", bitmap '{show(v.name)}'") for v in report.bitmaps for f in v.findings]
-    findings += [(f, f", checkpoint '{show(c.name)}'") for c in report.checkpoints for f in c.findings]
-    findings += [(f, "") for f in report.findings]
-    if findings:
-        out += ["", "findings:"]
-        for f, about in findings:
-            out += _finding_lines(f, about)
-    valid = sum(v.valid for v in report.bitmaps)
-    summary = f"{count(len(report.bitmaps), 'bitmap')} checked: {valid} valid, {len(report.bitmaps) - valid} not valid"
-    errors = sum(f.severity == "error" for f in report.findings)
-    if report.findings:
-        summary += f"; {count(len(report.findings), 'chain finding')} ({count(errors, 'error')})"
-    out += ["", summary]
-    return "\n".join(out)
-
-
-def _checkpoint_lines(report: Report) -> list[str]:
-    """Which checkpoints an incremental backup of this disk can start from now."""
-    if not report.checkpoints:
-        return ["no checkpoints: libvirt can make only a full backup of this disk"]
-    valid = {v.name: v for v in report.bitmaps}
-    rows = [["CHECKPOINT", "USABLE", "WHY NOT"]]
-    for c in report.checkpoints:
-        errors = [f.rule for f in c.findings if f.severity == "error"]
-        bitmap = valid.get(c.bitmap or "")
-        if not c.usable and bitmap is not None and not bitmap.valid:
-            errors.append(f"bitmap {bitmap.findings[0].rule}")
-        why = "-" if c.usable else ", ".join(errors) or \
-            ("leaves this disk out" if c.bitmap is None else "its bitmap is not checked")
-        rows.append([show(c.name, 40), "yes" if c.usable else "no", why])
-    newest = report.newest_usable
-    return ["checkpoints, oldest first:", *("  " + line for line in table(rows)),
-            f"newest usable checkpoint: {show(newest) if newest is not None else 'none'}"]
-
-
-def _remediation_lines(rule: Rule) -> list[str]:
-    texts = {advice: t.text for advice, t in rule.remediation.items()}
-    if len(set(texts.values())) == 1:
-        return ["remediation: " + next(iter(texts.values()))]
-    return ["remediation, for data from"] + [f"  {ADVICE[a]}: {text}" for a, text in texts.items()]
-
-
-def explanation(rule: Rule) -> str:
-    """kbrules explain: everything a person needs to know about one rule."""
+def explanation(rule: Rule, style: Style = PLAIN) -> str:
+    """kbrules explain: everything a person needs to know about one rule, as plain
+    text (the docs render the same texts as reStructuredText)."""
     out = [f"{rule.id} ({rule.severity}): {rule.title}",
            f"article: docs/kbase/{rule.article}.rst, section \"{rule.id}\"",
-           f"rules file: {rule.source}", "", textwrap.fill(" ".join(rule.statement.split()), 88),
-           "", "checked on: each " + rule.subject + ", requires: " + json.dumps(rule.require),
-           "", "message:     " + rule.message.text, *_remediation_lines(rule),
-           "", "examples:"]
+           f"rules file: {rule.source}", "",
+           *textwrap.wrap(plain(rule.statement), style.width, break_on_hyphens=False), "",
+           f"checked on: {KINDS[rule.subject].doc} (subject {rule.subject})",
+           *textwrap.wrap("requires: " + json.dumps(rule.require), style.width,
+                          subsequent_indent="          ", break_on_hyphens=False), "",
+           *template_lines("message:     ", rule.message, style.width),
+           *_remediation_lines(rule, style.width),
+           "", "examples (what kbrules check says with this rule alone):"]
     for number, example in enumerate(rule.examples, 1):
-        names = ", ".join(map(repr, example.bitmaps)) or ("every bitmap" if rule.subject != "layer" else "")
-        at = f"findings at layers {list(example.layers)}" if example.layers is not None else ""
-        details = ", ".join(d for d in (names, at) if d)
-        about = f" ({details})" if details else ""
-        out.append(f"  #{number} {example.expect}{about}: {show(json.dumps(example.input), 200)}")
+        out += ["", f"  {number}. {example_summary(rule, example)}"]
+        out += explain_picture(example_report(rule, example), style)
     return "\n".join(out)

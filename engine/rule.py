@@ -14,15 +14,30 @@ from .text import sh_quote, tostring
 FILTERS = ("sh",)  # {field|sh}: the value quoted as one word for a POSIX shell
 
 
+CODE = "``"  # around a command in a template, as in reStructuredText
+
+
 @dataclass(frozen=True)
 class Template:
-    """Text with {field} and {field|sh} placeholders; {{ and }} are literal braces."""
+    """Text with {field} and {field|sh} placeholders; {{ and }} are literal braces.
+    A command the reader may copy is written between ``double backquotes``: the
+    rendered text leaves the quotes out, the text report puts the command on a line of
+    its own, and the docs show it as code."""
 
     text: str  # as written in the rules file
-    parts: tuple[tuple[str, Optional[str], Optional[str]], ...]  # (literal, field, filter)
+    parts: tuple[tuple[str, Optional[str], Optional[str]], ...]  # (literal, field, filter), no ``
+    commands: tuple["Template", ...] = ()  # the ``...`` spans, in order
 
     @staticmethod
     def parse(text: str) -> "Template":
+        spans = text.split(CODE)
+        if len(spans) % 2 == 0:
+            raise ValueError(f"bad template {text!r}: a `` without its closing ``")
+        return Template(text, Template._parts("".join(spans)),
+                        tuple(Template(s, Template._parts(s)) for s in spans[1::2]))
+
+    @staticmethod
+    def _parts(text: str) -> tuple[tuple[str, Optional[str], Optional[str]], ...]:
         parts: list[tuple[str, Optional[str], Optional[str]]] = []
         try:
             for literal, field, spec, conv in string.Formatter().parse(text):
@@ -37,7 +52,7 @@ class Template:
                 parts.append((literal, name, filt or None))
         except ValueError as e:
             raise ValueError(f"bad template {text!r}: {e}") from None
-        return Template(text, tuple(parts))
+        return tuple(parts)
 
     def fields(self) -> list[str]:
         return [f for _, f, _ in self.parts if f is not None]
@@ -50,6 +65,24 @@ class Template:
                 value = facts.get(field)
                 out.append(sh_quote(value) if filt == "sh" else tostring(value))
         return "".join(out)
+
+    def render_commands(self, facts: dict[str, Any]) -> tuple[str, ...]:
+        """The commands of the rendered text, each as it stands in render()'s result."""
+        return tuple(c.render(facts) for c in self.commands)
+
+    def pieces(self) -> list[tuple[str, bool]]:
+        """The text as (piece, is_command) with each placeholder as its field's name in
+        capitals (FILENAME; a shell word where |sh quotes it): how a person reads the
+        template, in `kbrules explain` and in the docs."""
+        out = []
+        for number, span in enumerate(self.text.split(CODE)):
+            words = []
+            for literal, field, _ in Template._parts(span):
+                words.append(literal)
+                if field is not None:
+                    words.append(field.upper())
+            out.append(("".join(words), number % 2 == 1))
+        return out
 
 
 @dataclass(frozen=True)

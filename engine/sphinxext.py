@@ -7,6 +7,13 @@
 - ``:rule:`ID``` links to that section.
 - ``.. kbrules-rules-reference:: [STEM...]``: every rule of those rules files (default:
   all) with its examples' inputs and outputs.
+- ``.. kbrules-chain:: [PATH]`` draws a chain as kbrules check sees it: one row per
+  layer, one column per bitmap, each copy's state, and the copies that break a rule
+  (engine.picture), from qemu-img or QMP JSON in PATH (relative to the document) or
+  in the directive's content. Options: ``:rules: STEM,...`` (default: every rules
+  file), ``:rule: ID`` (this rule alone), ``:bitmap: ["NAME", ...]`` (default:
+  every bitmap), ``:show-input:`` (the JSON folded away below the picture),
+  ``:caption: TEXT``.
 - ``.. kbrules-cli::``: every command and option, read from engine.cli's parser.
 - ``.. kbrules-facts::``: every subject a rule is checked on and its facts, read from
   engine.subjects.KINDS; ``.. kbrules-ops::``: every operation of a rule's checks, read
@@ -18,10 +25,13 @@ names a rule that its rules file lacks, or a rules file has no article.
 
 from __future__ import annotations
 
+import html
+import json
 from pathlib import Path
 from typing import Any, Optional
 
 from docutils import nodes
+from docutils.parsers.rst import directives
 from sphinx import addnodes
 from sphinx.application import Sphinx
 from sphinx.environment import BuildEnvironment
@@ -29,10 +39,13 @@ from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective, SphinxRole
 from sphinx.util.parsing import nested_parse_to_nodes
 
-from . import docgen
+from . import docgen, draw
 from .errors import KbrulesError
+from .evaluate import evaluate
 from .examples import check_example
 from .loader import load_rules
+from .normalize import normalize
+from .picture import picture
 from .rule import Rule
 
 logger = logging.getLogger(__name__)
@@ -114,9 +127,57 @@ class RulesReference(SphinxDirective):
                     problem = check_example(rule, example, number)
                     if problem:
                         logger.warning("%s", problem, location=self.get_location())
+        for generator in (docgen.__file__, draw.__file__):  # rebuilt when they change
+            self.env.note_dependency(str(generator))
         articles = {p.stem for p in paths if f"{docgen.ARTICLES}/{p.stem}" in self.env.found_docs}
         text = docgen.rules_reference(paths, articles)
         return nested_parse_to_nodes(self.state, text, source="rules reference (from rules/*.yaml)")
+
+
+class ChainPicture(SphinxDirective):
+    optional_arguments = 1
+    has_content = True
+    option_spec = {"rules": directives.unchanged, "rule": directives.unchanged,
+                   "bitmap": directives.unchanged, "show-input": directives.flag,
+                   "caption": directives.unchanged}
+
+    def run(self) -> list[nodes.Node]:
+        try:
+            text, value, report = self._report()
+        except (KbrulesError, ValueError, OSError) as e:
+            logger.warning("kbrules-chain: %s", e, location=self.get_location())
+            return []
+        self.env.note_dependency(draw.__file__)
+        grid = picture(report)
+        caption = self.options.get("caption", "")
+        body = draw.grid_html(grid, caption)
+        if "show-input" in self.options:
+            body += ('<details class="kb-input"><summary>the input (JSON)</summary>'
+                     f'<pre>{html.escape(json.dumps(value, indent=2, ensure_ascii=False))}</pre></details>')
+        other = "\n".join(([caption] if caption else []) + draw.grid_text(grid, indent=""))
+        fallback = addnodes.only(expr="not html")
+        fallback += nodes.literal_block(other, other)
+        return [nodes.raw("", body, format="html"), fallback]
+
+    def _report(self) -> tuple[str, Any, Any]:
+        if self.arguments:
+            path, absolute = self.env.relfn2path(self.arguments[0])
+            self.env.note_dependency(path)
+            text = Path(absolute).read_text(encoding="utf-8")
+        else:
+            text = "\n".join(self.content)
+        value = json.loads(text)
+        stems = [s.strip() for s in self.options.get("rules", "").split(",") if s.strip()]
+        paths = [docgen.rules_file(s) for s in stems] or docgen.rule_files()
+        for rules_path in paths:
+            self.env.note_dependency(str(rules_path))
+        rule = self.options.get("rule")
+        rules = load_rules(paths, [rule] if rule else [], examples=False)
+        bitmaps = json.loads(self.options["bitmap"]) if "bitmap" in self.options else None
+        if bitmaps is not None and not (isinstance(bitmaps, list) and all(isinstance(b, str) for b in bitmaps)):
+            raise ValueError(':bitmap: must be a JSON list of names, e.g. ["daily"]')
+        return text, value, evaluate(normalize(value, self.arguments[0] if self.arguments else "content"),
+                                     rules, bitmaps)
 
 
 class CliReference(SphinxDirective):
@@ -178,9 +239,29 @@ def _check(app: Sphinx, env: BuildEnvironment) -> None:
             logger.warning("rule %s is shown twice", rule_id, location=docname)
 
 
+CSS_FILE = "kbrules.css"  # the chain picture's stylesheet, from engine.draw.CSS
+
+
+def _write_css(app: Sphinx, error: Optional[Exception]) -> None:
+    if error is None and app.builder.format == "html":
+        static = Path(app.outdir) / "_static"
+        static.mkdir(parents=True, exist_ok=True)
+        (static / CSS_FILE).write_text(draw.CSS + DOCS_CSS, encoding="utf-8")
+
+
+# The docs' own additions: the input folded under a picture, and code blocks marked
+# ":class: wrap" (a one-line message that must stay one line) wrapped, not clipped.
+DOCS_CSS = """\
+details.kb-input { margin: 0 0 1em; font-size: 0.9em; }
+details.kb-input summary { cursor: pointer; }
+div.wrap pre { white-space: pre-wrap; overflow-wrap: anywhere; }
+"""
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("kbrules-rule", RuleDirective)
     app.add_directive("kbrules-rules-reference", RulesReference)
+    app.add_directive("kbrules-chain", ChainPicture)
     app.add_directive("kbrules-cli", CliReference)
     app.add_directive("kbrules-facts", FactsReference)
     app.add_directive("kbrules-ops", OpsReference)
@@ -189,5 +270,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("env-purge-doc", _purge)
     app.connect("env-merge-info", _merge)
     app.connect("env-check-consistency", _check)
+    app.add_css_file(CSS_FILE)
+    app.connect("build-finished", _write_css)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
 

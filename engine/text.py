@@ -4,15 +4,41 @@ counts. A leaf module: it imports nothing of kbrules, so any layer may use it.""
 from __future__ import annotations
 
 import json
+import textwrap
 import unicodedata
 from typing import Any
 
 
+# Control characters, invisible format characters (zero-width spaces, bidi
+# overrides that would reorder what follows them on a terminal or in a page), and
+# lone surrogates, which no encoding can write.
+_HIDDEN = ("Cc", "Cf", "Cs")
+
+
 def show(text: str, width: int = 0) -> str:
-    """Text safe for a terminal: control characters escaped, optionally shortened."""
-    if any(unicodedata.category(c) == "Cc" for c in text):
-        text = "".join(json.dumps(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in text)
+    """Text safe for a terminal or a page: control and format characters escaped
+    (\\n, \\u202e), optionally shortened to `width` characters with an ellipsis."""
+    if any(unicodedata.category(c) in _HIDDEN for c in text):
+        text = "".join(json.dumps(c)[1:-1] if unicodedata.category(c) in _HIDDEN else c for c in text)
     return text if not width or len(text) <= width else text[: width - 1] + "…"
+
+
+def plain(rst: str) -> str:
+    """A rules file's text (reStructuredText whose only markup is ``literal``) as plain
+    text on one line: the quotes left out."""
+    return " ".join(rst.replace("``", "").split())
+
+
+def cols(text: str) -> int:
+    """How many terminal columns `text` takes: wide (East Asian) characters two,
+    combining marks none."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+               for c in text)
+
+
+def pad(text: str, width: int) -> str:
+    """`text` padded with spaces to `width` terminal columns."""
+    return text + " " * max(0, width - cols(text))
 
 
 def tostring(value: Any) -> str:
@@ -28,10 +54,19 @@ def sh_quote(value: Any) -> str:
     return "'" + value.replace("'", SH_ESCAPED) + "'" if isinstance(value, str) else tostring(value)
 
 
-def table(rows: list[list[str]]) -> list[str]:
-    """Rows as left-aligned columns, two spaces apart."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+def table(rows: list[list[str]], width: int = 0, indent: str = "") -> list[str]:
+    """Rows as left-aligned columns, two spaces apart. With `width`, the last column's
+    text wraps at spaces so that lines fit (as far as the other columns leave room)."""
+    widths = [max(cols(r[i]) for r in rows) for i in range(len(rows[0]))]
+    left = len(indent) + sum(w + 2 for w in widths[:-1])
+    room = max(width - left, 20) if width else 0
+    out = []
+    for r in rows:
+        last = textwrap.wrap(r[-1], room, break_long_words=False, break_on_hyphens=False) \
+            if room and cols(r[-1]) > room else [r[-1]]
+        out.append((indent + "  ".join(pad(c, w) for c, w in zip(r[:-1] + [last[0]], widths))).rstrip())
+        out += [" " * left + more for more in last[1:]]
+    return out
 
 
 def count(n: int, what: str) -> str:

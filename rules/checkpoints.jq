@@ -188,7 +188,7 @@ def kb_report($args):
     | (0) as $at | kb_context($chain; $at) as $c
     | { rule: "bitmap-has-checkpoint", severity: "error", layer: $at,
         filename: $c.filename, message: ($c | "bitmap '" + (.["name"] | tostring) + "' of disk " + (.["disk"] | tostring) + " has no checkpoint in domain " + (.["domain"] | tostring) + ": libvirt refuses an incremental backup from it (Domain checkpoint not found)"),
-        remediation: ($c | "The next backup can only be a full one: take it with a new checkpoint (virsh backup-begin -- " + (.["domain"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " BACKUP.xml CHECKPOINT.xml). If no other tool uses the bitmap, remove it: from a running domain, QMP block-dirty-bitmap-remove on each node that holds it (virsh qemu-monitor-command); with the domain shut off, qemu-img bitmap --remove -- FILE " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " for each layer that holds it."), caveat: null,
+        remediation: ($c | "The next backup can only be a full one: take it with a new checkpoint, virsh backup-begin -- " + (.["domain"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " BACKUP.xml CHECKPOINT.xml. If no other tool uses the bitmap, remove it: from a running domain, QMP block-dirty-bitmap-remove on each node that holds it (virsh qemu-monitor-command); with the domain shut off, for each layer that holds it: qemu-img bitmap --remove -- FILE " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + "."), caveat: null,
         si: 0, ri: 0, name: .name, group: "bitmap" } ),
     ( $S["checkpoint"][] | select(.["covers"] | kb_truthy | not)
     | (0) as $at | kb_context($chain; $at) as $c
@@ -200,7 +200,7 @@ def kb_report($args):
     | (0) as $at | kb_context($chain; $at) as $c
     | { rule: "checkpoint-covers-a-disk", severity: "warning", layer: $at,
         filename: $c.filename, message: ($c | "checkpoint '" + (.["name"] | tostring) + "' of domain " + (.["domain"] | tostring) + " leaves every disk out: no incremental backup can start from it"),
-        remediation: ($c | "Delete the record (virsh checkpoint-delete --metadata -- " + (.["domain"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + "); it holds no bitmap."), caveat: null,
+        remediation: ($c | "Delete the record, which holds no bitmap: virsh checkpoint-delete --metadata -- " + (.["domain"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + "."), caveat: null,
         si: 1, ri: 2, name: .name, group: "checkpoint" } ),
     ( $S["checkpoint"][] | select((.["gone_disks"] == "") | kb_truthy | not)
     | (0) as $at | kb_context($chain; $at) as $c

@@ -13,8 +13,12 @@ from typing import Any, Mapping, Optional, Sequence
 
 from engine.cli import main
 
-LIBVIRT = Path(__file__).resolve().parents[2] / "shared" / "peers" / "libvirt"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# libvirt's own conformance data, vendored (tests/fixtures/libvirt/README.md says from
+# where, and under which licence); PEERS is the shared copy beside the repository,
+# which tests/test_libvirt.py compares it with when it is there.
+LIBVIRT = FIXTURES / "libvirt"
+PEERS = Path(__file__).resolve().parents[2] / "shared" / "peers" / "libvirt"
 
 
 def qemu_img(*args: str, cwd: Path) -> str:

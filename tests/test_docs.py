@@ -231,9 +231,11 @@ def _line_of(text: str, needle: str) -> int:
 
 CHANGES = {
     # One value in a JSON output.
-    "json": ('   $ qemu-img info --output=json base.qcow2 | jq -c \'.["format-specific"].data.bitmaps // [] | .[]\'\n'
+    "json": ('   $ qemu-img info --output=json base.qcow2 \\\n'
+             '   >   | jq -c \'.["format-specific"].data.bitmaps // [] | .[]\'\n'
              '   {"flags":["auto"],"name":"daily","granularity":65536}',
-             '   $ qemu-img info --output=json base.qcow2 | jq -c \'.["format-specific"].data.bitmaps // [] | .[]\'\n'
+             '   $ qemu-img info --output=json base.qcow2 \\\n'
+             '   >   | jq -c \'.["format-specific"].data.bitmaps // [] | .[]\'\n'
              '   {"flags":["auto"],"name":"daily","granularity":65537}'),
     # One word in a text output.
     "text": ("   daily   yes    -                   -      -\n\n   1 bitmap checked: 1 valid, 0 not valid\n\n\n"
@@ -282,3 +284,58 @@ def _processes_under(directory: Path) -> Optional[list[int]]:
         if str(directory) in cmdline:
             found.append(int(pid))
     return found
+
+
+# What the articles say about the report, held to the code --------------------------------
+
+def test_rule_texts_use_only_markup_both_renderers_know() -> None:
+    """A rule's texts are read as reStructuredText by the docs and as plain text by
+    kbrules explain and the report: ``literal`` is the one markup both can show (in a
+    message or remediation: a command). Anything else would show raw somewhere."""
+    for path in RULE_FILES:
+        for rule in load_rules([path]):
+            remediations = [(f"remediation ({a})", t.text) for a, t in rule.remediation.items()]
+            for what, text in (("title", rule.title), ("statement", rule.statement),
+                               ("message", rule.message.text), *remediations):
+                assert text.count("``") % 2 == 0, (rule.id, what)
+                outside = re.sub(r"``.*?``", "", text, flags=re.S)
+                assert not re.search(r"[`*|]|:\w+:|\w_\b|\[\d+\]_", outside), (rule.id, what, outside)
+            # A command ends its sentence, so that it can stand on a line of its own.
+            for template in rule.remediation.values():
+                pieces = template.pieces()
+                for piece, command in pieces:
+                    assert not command or "\n" not in piece.strip(), (rule.id, piece)
+                after = [p for p, c in zip(pieces[1:], pieces) if c[1]]
+                assert all(p[0] == "" or p[0][0] in ". " for p in after), (rule.id, after)
+
+
+def test_articles_describe_the_picture_as_drawn() -> None:
+    """The articles' words about the report name what the code draws: every state a
+    copy can be in, the marks, and the table's column names; and what image-health
+    says of the FIRST FAILING RULE column (errors only) is what the table does."""
+    from builders import bitmap, layer
+    from engine import draw, picture
+    from engine.evaluate import evaluate
+    from engine.normalize import normalize
+
+    text = (ARTICLES / "incremental-backup.rst").read_text(encoding="utf-8")
+    for state in picture.STATES:
+        shown = draw.GLYPHS[True]["absent"] if state == "absent" else state
+        assert f"``{shown}``" in text, state
+    assert f"``{draw.GLYPHS[True]['error']}`` (an error)" in text
+    assert f"``{draw.GLYPHS[True]['warning']}`` (a warning)" in text
+    health = (ARTICLES / "image-health.rst").read_text(encoding="utf-8")
+    for severity in draw.MARK_DOC:
+        assert f"``{draw.GLYPHS[True][severity]}``" in health, severity
+    columns = set(draw.CHAIN_HEADERS) | set(draw.BITMAP_HEADERS)
+    named = [name for page in ARTICLE_FILES
+             for name in re.findall(r"table's ``([A-Z][A-Z ]+)``", " ".join(page.read_text().split()))]
+    assert named and set(named) <= columns, named
+    # "The table's FIRST FAILING RULE column names errors only, so it shows - here".
+    assert "column names errors only, so it shows ``-`` here" in " ".join(health.split())
+    chain = [layer("top.qcow2", [bitmap("a", "auto", granularity=65536)], "base.qcow2"),
+             layer("base.qcow2", [bitmap("a", "auto", granularity=1048576)])]
+    report = evaluate(normalize(chain, "test"), load_rules())
+    assert [f.severity for f in report.bitmaps[0].findings] == ["warning"]
+    row = next(line for line in draw.report_text(report).splitlines() if line.startswith("a "))
+    assert row.split() == ["a", "yes", "-", "-", "-"]

@@ -1,5 +1,6 @@
 """Conformance floor: every verdict libvirt's own test suite asserts
-(../shared/peers/libvirt/cases.tsv) on libvirt's own QMP data."""
+(tests/fixtures/libvirt/cases.tsv) on libvirt's own QMP data, vendored from
+../shared/peers/libvirt (and compared with it when it is there)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,20 @@ import pytest
 from engine.evaluate import evaluate
 from engine.normalize import normalize
 from engine.loader import load_rules
-from helpers import LIBVIRT, kbrules
+from helpers import LIBVIRT, PEERS, kbrules
 
 with open(LIBVIRT / "cases.tsv", newline="") as f:
     CASES = [(r["file"], r["bitmap"], r["expected"]) for r in csv.DictReader(f, delimiter="\t")]
+
+
+def test_vendored_data_is_the_shared_copy() -> None:
+    if not PEERS.is_dir():
+        pytest.skip(f"no shared peer data at {PEERS} to compare the vendored copy with")
+    shared = sorted(p.name for p in PEERS.iterdir() if p.suffix in (".json", ".tsv"))
+    vendored = sorted(p.name for p in LIBVIRT.iterdir() if p.suffix in (".json", ".tsv"))
+    assert vendored == shared
+    for name in shared:
+        assert (LIBVIRT / name).read_bytes() == (PEERS / name).read_bytes(), name
 
 
 def test_cases_file_is_read() -> None:

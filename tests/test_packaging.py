@@ -22,10 +22,15 @@ def _readme_commands() -> list[str]:
 
 
 def test_ci_runs_readme_test_command() -> None:
-    test_command = _readme_commands()[1].split("&&")[-1].strip()
+    steps = [step.strip() for step in _readme_commands()[1].split("&&")]
+    test_command = steps[-1]
     assert test_command.startswith("python3 -m pytest")
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert ci[-1].strip() == test_command
+    # The same virtual environment as README's (Debian's Python refuses pip outside one).
+    for step in ("python3 -m venv .venv", ". .venv/bin/activate"):
+        assert step in steps and step in ci, step
+    assert "python3-venv" in steps[1] and "python3-venv" in "\n".join(ci)
 
 
 def test_readme_example_runs() -> None:

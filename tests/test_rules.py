@@ -196,15 +196,29 @@ def test_list_and_explain() -> None:
     run = kbrules("list")
     assert run.code == 0
     lines = run.out.splitlines()
-    assert lines[0].split() == ["ID", "SEVERITY", "TITLE", "ARTICLE"]
-    assert [line.split()[0] for line in lines[1:]] == [r.id for r in RULES]
-    rows = {line.split()[0]: line.split() for line in lines[1:]}
-    assert rows["bitmap-persistent"][1] == "error" and rows["image-dirty"][1] == "warning"
-    assert rows["image-dirty"][-1] == "docs/kbase/image-health.rst"
+    # One group per article: its path, then a table of its rules (titles may wrap).
+    groups: dict[str, list[list[str]]] = {}
+    for line in lines:
+        if line.startswith("docs/kbase/"):
+            article = line.rstrip(":")
+            groups[article] = []
+        elif line.startswith("  ") and line[2] != " ":
+            groups[article].append(line.split())
+    assert all(rows[0] == ["ID", "SEVERITY", "TITLE"] for rows in groups.values())
+    rows = {row[0]: (article, row) for article, table in groups.items() for row in table[1:]}
+    assert list(rows) == [r.id for r in RULES]
+    assert rows["bitmap-persistent"][1][1] == "error" and rows["image-dirty"][1][1] == "warning"
+    assert rows["image-dirty"][0] == "docs/kbase/image-health.rst"
+    assert max(map(len, lines)) <= 80  # titles wrap to the width (80 when not a terminal)
     run = kbrules("explain", "bitmap-consistent")
     assert run.code == 0
     rule = next(r for r in RULES if r.id == "bitmap-consistent")
     assert run.out.startswith("bitmap-consistent (error): " + rule.title)
-    assert rule.remediation["image"].text in run.out and "#2 fail ('a', findings at layers [0])" in run.out
+    assert "  2. fails, with a finding at layer 0 (bitmap a)" in run.out
+    # Plain text: no reStructuredText quotes, no raw placeholders; the command whole,
+    # on its own line, its placeholders in capitals.
+    assert "``" not in run.out and "{" not in run.out.replace('{"', "")
+    assert "\n  an image on disk (qemu-img):\n" in run.out
+    assert "\n      qemu-img bitmap --remove -- FILENAME NAME\n" in run.out
     bad = kbrules("explain", "bitmap-nope")
     assert bad.code == 2 and "unknown rule id 'bitmap-nope'" in bad.err
