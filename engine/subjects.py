@@ -40,6 +40,31 @@ class BitmapContext(NamedTuple):
     complete: bool
     last: int
     checkpointed: Optional[bool]
+    present: tuple[str, ...]  # every bitmap name the chain holds, sorted
+
+
+ALIKE = 5  # names that a bitmap no layer holds is compared with, at most
+
+
+def _bigrams(name: str) -> set[str]:
+    return {name[i:i + 2] for i in range(len(name) - 1)} if len(name) > 1 else {name}
+
+
+def alike(name: str, present: Sequence[str]) -> str:
+    """The names present, most like `name` first (Dice's coefficient of their
+    character pairs, then code point order), ALIKE of them at most: what someone who
+    mistyped `name` meant. jq computes the same (kb_alike)."""
+    if not present:
+        return "no bitmap at all"
+    mine = _bigrams(name)
+
+    def score(other: str) -> float:
+        theirs = _bigrams(other)
+        return 2 * len(mine & theirs) / (len(mine) + len(theirs))
+
+    ranked = sorted(present, key=lambda other: (-score(other), other))
+    more = f", and {len(ranked) - ALIKE} more" if len(ranked) > ALIKE else ""
+    return ", ".join(f"'{n}'" for n in ranked[:ALIKE]) + more
 
 
 class CopyContext(NamedTuple):
@@ -107,6 +132,10 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
         Fact("granularities", _INT, "how many different granularities its copies have",
              lambda c: len({x.bitmap.granularity for x in c.copies if x.bitmap.granularity is not None}),
              "[.copies[].granularity | select(. != null)] | unique | length"),
+        Fact("alike", _STR, "for a bitmap that no layer holds, the names the chain holds, most "
+             "alike first (what a mistyped name meant); empty when a layer holds it",
+             lambda c: "" if c.copies else alike(c.name, c.present),
+             'if (.copies | length) > 0 then "" else kb_alike(.name; .present) end'),
         Fact("has_checkpoint", _BOOL_OR_NULL,
              "a checkpoint of the libvirt domain names it for this disk; null without a domain",
              lambda c: c.checkpointed, ".checkpointed"),
@@ -243,7 +272,9 @@ def contexts(chain: Chain, requested: Optional[Sequence[str]]) -> tuple[tuple[st
     names = tuple(dict.fromkeys(requested)) if requested else tuple(sorted({**present, **named}))
     last = len(chain.layers) - 1
     checkpointed = (lambda n: n in named) if chain.domain is not None else (lambda n: None)
-    bitmaps = [BitmapContext(n, held_by.get(n, []), chain.complete, last, checkpointed(n)) for n in names]
+    everything = tuple(sorted(present))
+    bitmaps = [BitmapContext(n, held_by.get(n, []), chain.complete, last, checkpointed(n), everything)
+               for n in names]
     copies = [c for n in names for c in held_by.get(n, ())]
     points: list[CheckpointContext] = []
     if chain.domain is not None:
@@ -274,21 +305,39 @@ def _jq_object(facts: Sequence[Fact]) -> str:
     return "{ " + ", ".join(f"{json.dumps(f.name)}: ({f.jq})" for f in facts) + " }"
 
 
+JQ_ALIKE = r"""
+# subjects.alike, in jq: the names present, most like $name first.
+def kb_bigrams: if length > 1 then [range(0; length - 1) as $i | .[$i:$i + 2]] | unique else [.] end;
+def kb_alike($name; $present):
+  if ($present | length) == 0 then "no bitmap at all" else
+    ($name | kb_bigrams) as $mine
+    | [ $present[] | . as $other | (kb_bigrams) as $theirs
+        | ([ $theirs[] | select(. as $b | $mine | index([$b]) != null) ] | length) as $both
+        | {name: $other, score: (2 * $both / (($mine | length) + ($theirs | length)))} ]
+    | sort_by(-.score, .name) | map("'" + .name + "'") as $ranked
+    | ($ranked[:ALIKE] | join(", "))
+      + (if ($ranked | length) > ALIKE then ", and " + (($ranked | length) - ALIKE | tostring) + " more" else "" end)
+  end;
+"""
+
+
 def jq_subjects() -> str:
     """jq definitions: kb_subjects($names; $req), the same subjects as build() with the
     names to check and those requested, on the chain
     that kb_chain normalizes (each bitmap object carries its layer, each layer its
     `held`); and kb_finding_fields, the template fields of a finding's context."""
     facts = {name: _jq_object(kind.facts) for name, kind in KINDS.items()}
-    return f"""
+    return JQ_ALIKE.replace("ALIKE", str(ALIKE)) + f"""
 def kb_subjects($names; $req):
   . as $chain
   | kb_checkpoint_bitmaps as $named
   | kb_by_name($names) as $groups
   | [ foreach (.layers[] | .bitmaps | length) as $n (0; . + $n; . - $n) ] as $above
+  | ([ $chain.layers[].bitmaps[].name ] | unique) as $present
   | {{ bitmap: [ $groups[]
                 | {{ name, copies, complete: $chain.complete, last: (($chain.layers | length) - 1),
-                    checkpointed: (if $chain.domain == null then null else .name as $n | $named | has($n) end) }}
+                    checkpointed: (if $chain.domain == null then null else .name as $n | $named | has($n) end),
+                    present: $present }}
                 | {facts["bitmap"]} ],
       copy: [ $groups[].copies | to_entries[] | .value + {{above: .key}}
               | {facts["copy"]} ],

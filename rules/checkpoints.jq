@@ -134,15 +134,30 @@ def kb_by_name($names):
   | sort_by(.order);
 
 
+# subjects.alike, in jq: the names present, most like $name first.
+def kb_bigrams: if length > 1 then [range(0; length - 1) as $i | .[$i:$i + 2]] | unique else [.] end;
+def kb_alike($name; $present):
+  if ($present | length) == 0 then "no bitmap at all" else
+    ($name | kb_bigrams) as $mine
+    | [ $present[] | . as $other | (kb_bigrams) as $theirs
+        | ([ $theirs[] | select(. as $b | $mine | index([$b]) != null) ] | length) as $both
+        | {name: $other, score: (2 * $both / (($mine | length) + ($theirs | length)))} ]
+    | sort_by(-.score, .name) | map("'" + .name + "'") as $ranked
+    | ($ranked[:5] | join(", "))
+      + (if ($ranked | length) > 5 then ", and " + (($ranked | length) - 5 | tostring) + " more" else "" end)
+  end;
+
 def kb_subjects($names; $req):
   . as $chain
   | kb_checkpoint_bitmaps as $named
   | kb_by_name($names) as $groups
   | [ foreach (.layers[] | .bitmaps | length) as $n (0; . + $n; . - $n) ] as $above
+  | ([ $chain.layers[].bitmaps[].name ] | unique) as $present
   | { bitmap: [ $groups[]
                 | { name, copies, complete: $chain.complete, last: (($chain.layers | length) - 1),
-                    checkpointed: (if $chain.domain == null then null else .name as $n | $named | has($n) end) }
-                | { "name": (.name), "first_layer": (.copies[0].layer), "copies": (.copies | length), "chain_complete": (.complete), "last_layer": (.last), "granularities": ([.copies[].granularity | select(. != null)] | unique | length), "has_checkpoint": (.checkpointed) } ],
+                    checkpointed: (if $chain.domain == null then null else .name as $n | $named | has($n) end),
+                    present: $present }
+                | { "name": (.name), "first_layer": (.copies[0].layer), "copies": (.copies | length), "chain_complete": (.complete), "last_layer": (.last), "granularities": ([.copies[].granularity | select(. != null)] | unique | length), "alike": (if (.copies | length) > 0 then "" else kb_alike(.name; .present) end), "has_checkpoint": (.checkpointed) } ],
       copy: [ $groups[].copies | to_entries[] | .value + {above: .key}
               | { "name": (.name), "layer": (.layer), "copies_above": (.above), "recording": (.recording), "inconsistent": (.inconsistent), "persistent": (.persistent), "busy": (.busy), "granularity": (.granularity) } ],
       layer: [ $chain.layers[] | {layer: ., below: $chain.layers[.layer + 1], above: $above[.layer], held}

@@ -3,6 +3,7 @@
 #
 # Checks a qcow2 backing chain the way `kbrules check --format json` does, and prints
 # the same JSON report, with these rules:
+#   bitmap-exists (error): Some layer holds the bitmap
 #   bitmap-in-top (error): The top image holds the bitmap
 #   bitmap-contiguous (error): The layers holding the bitmap are one unbroken run from the top
 #   bitmap-consistent (error): No copy of the bitmap is inconsistent (in-use)
@@ -136,15 +137,30 @@ def kb_by_name($names):
   | sort_by(.order);
 
 
+# subjects.alike, in jq: the names present, most like $name first.
+def kb_bigrams: if length > 1 then [range(0; length - 1) as $i | .[$i:$i + 2]] | unique else [.] end;
+def kb_alike($name; $present):
+  if ($present | length) == 0 then "no bitmap at all" else
+    ($name | kb_bigrams) as $mine
+    | [ $present[] | . as $other | (kb_bigrams) as $theirs
+        | ([ $theirs[] | select(. as $b | $mine | index([$b]) != null) ] | length) as $both
+        | {name: $other, score: (2 * $both / (($mine | length) + ($theirs | length)))} ]
+    | sort_by(-.score, .name) | map("'" + .name + "'") as $ranked
+    | ($ranked[:5] | join(", "))
+      + (if ($ranked | length) > 5 then ", and " + (($ranked | length) - 5 | tostring) + " more" else "" end)
+  end;
+
 def kb_subjects($names; $req):
   . as $chain
   | kb_checkpoint_bitmaps as $named
   | kb_by_name($names) as $groups
   | [ foreach (.layers[] | .bitmaps | length) as $n (0; . + $n; . - $n) ] as $above
+  | ([ $chain.layers[].bitmaps[].name ] | unique) as $present
   | { bitmap: [ $groups[]
                 | { name, copies, complete: $chain.complete, last: (($chain.layers | length) - 1),
-                    checkpointed: (if $chain.domain == null then null else .name as $n | $named | has($n) end) }
-                | { "name": (.name), "first_layer": (.copies[0].layer), "copies": (.copies | length), "chain_complete": (.complete), "last_layer": (.last), "granularities": ([.copies[].granularity | select(. != null)] | unique | length), "has_checkpoint": (.checkpointed) } ],
+                    checkpointed: (if $chain.domain == null then null else .name as $n | $named | has($n) end),
+                    present: $present }
+                | { "name": (.name), "first_layer": (.copies[0].layer), "copies": (.copies | length), "chain_complete": (.complete), "last_layer": (.last), "granularities": ([.copies[].granularity | select(. != null)] | unique | length), "alike": (if (.copies | length) > 0 then "" else kb_alike(.name; .present) end), "has_checkpoint": (.checkpointed) } ],
       copy: [ $groups[].copies | to_entries[] | .value + {above: .key}
               | { "name": (.name), "layer": (.layer), "copies_above": (.above), "recording": (.recording), "inconsistent": (.inconsistent), "persistent": (.persistent), "busy": (.busy), "granularity": (.granularity) } ],
       layer: [ $chain.layers[] | {layer: ., below: $chain.layers[.layer + 1], above: $above[.layer], held}
@@ -186,7 +202,13 @@ def kb_report($args):
 | kb_chain($top; ($args.named.context // {})) as $chain
 | ($chain | kb_names($args.positional // [])) as $names
 | ($chain | kb_subjects($names; $args.positional // [])) as $S
-| [ ( $S["bitmap"][] | select((.["first_layer"] == 0) | kb_truthy | not)
+| [ ( $S["bitmap"][] | select(([(.["copies"] > 0), (.["has_checkpoint"] == true), (.["chain_complete"] | not)] | any) | kb_truthy | not)
+    | (0) as $at | kb_context($chain; $at) as $c
+    | { rule: "bitmap-exists", severity: "error", layer: $at,
+        filename: $c.filename, message: ($c | "no layer holds a bitmap '" + (.["name"] | tostring) + "'; the chain holds, most alike first: " + (.["alike"] | tostring)),
+        remediation: ($c | "Check the name: a bitmap that is not there cannot serve a backup, and nothing needs repairing."), caveat: null,
+        si: 0, ri: 0, name: .name, group: "bitmap" } ),
+    ( $S["bitmap"][] | select(([(.["first_layer"] == 0), (([(.["copies"] > 0), (.["has_checkpoint"] == true), (.["chain_complete"] | not)] | any) | not)] | any) | kb_truthy | not)
     | (0) as $at | kb_context($chain; $at) as $c
     | { rule: "bitmap-in-top", severity: "error", layer: $at,
         filename: $c.filename, message: ($c | "bitmap '" + (.["name"] | tostring) + "' is not in the top image " + (.["filename"] | tostring)),
@@ -194,7 +216,7 @@ def kb_report($args):
            elif $chain.advice == "qmp" then ($c | "This bitmap cannot serve an incremental backup. Take a new full backup and start a new persistent bitmap in the top node with it: QMP block-dirty-bitmap-add on node " + (.["node"] | tostring) + ", \"persistent\": true, in the same transaction as the backup job.")
            elif $chain.advice == "libvirt" then ($c | "This checkpoint cannot serve an incremental backup of disk " + (.["disk"] | tostring) + ". Take a new full backup with a new checkpoint: virsh backup-begin -- " + (.["domain"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " BACKUP.xml CHECKPOINT.xml. Then delete the old checkpoint (add --metadata when no layer holds its bitmap any more): virsh checkpoint-delete -- " + (.["domain"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ".")
           else null end), caveat: null,
-        si: 0, ri: 0, name: .name, group: "bitmap" } ),
+        si: 0, ri: 1, name: .name, group: "bitmap" } ),
     ( $S["copy"][] | select((.["copies_above"] == .["layer"]) | kb_truthy | not)
     | (.["layer"]) as $at | kb_context($chain; $at) as $c
     | { rule: "bitmap-contiguous", severity: "error", layer: $at,
@@ -203,7 +225,7 @@ def kb_report($args):
            elif $chain.advice == "qmp" then ($c | "Writes made while the layer without the bitmap was the top were not tracked, so no incremental backup can be based on this bitmap. QEMU refuses to change a bitmap in a read-only backing node: with the VM shut down, remove the stray copy: qemu-img bitmap --remove -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ". Then take a new full backup.")
            elif $chain.advice == "libvirt" then ($c | "Writes made while the layer without the bitmap was the top were not tracked, so no incremental backup can be based on this bitmap. Delete its checkpoint, which removes every copy: virsh checkpoint-delete -- " + (.["domain"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ". If the domain has no such checkpoint, remove the stray copy with the domain shut off: qemu-img bitmap --remove -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ". Then take a new full backup with a new checkpoint.")
           else null end), caveat: null,
-        si: 0, ri: 1, name: .name, group: "bitmap" } ),
+        si: 0, ri: 2, name: .name, group: "bitmap" } ),
     ( $S["copy"][] | select((.["inconsistent"] | not) | kb_truthy | not)
     | (.["layer"]) as $at | kb_context($chain; $at) as $c
     | { rule: "bitmap-consistent", severity: "error", layer: $at,
@@ -212,7 +234,7 @@ def kb_report($args):
            elif $chain.advice == "qmp" then ($c | "The running QEMU loaded it as not saved cleanly (its last writer died): it cannot be trusted or repaired. Remove it: QMP block-dirty-bitmap-remove on node " + (.["node"] | tostring) + ". A read-only backing node refuses that: there, with the VM shut down, qemu-img bitmap --remove -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ". Then take a new full backup.")
            elif $chain.advice == "libvirt" then ($c | "The bitmap was not saved cleanly (the VM crashed or was killed): it cannot be trusted or repaired. Delete the checkpoint, which removes every copy: virsh checkpoint-delete -- " + (.["domain"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ". Then take a new full backup with a new checkpoint.")
           else null end), caveat: null,
-        si: 0, ri: 2, name: .name, group: "bitmap" } ),
+        si: 0, ri: 3, name: .name, group: "bitmap" } ),
     ( $S["copy"][] | select(([.["recording"], .["inconsistent"]] | any) | kb_truthy | not)
     | (.["layer"]) as $at | kb_context($chain; $at) as $c
     | { rule: "bitmap-recording", severity: "error", layer: $at,
@@ -221,7 +243,7 @@ def kb_report($args):
            elif $chain.advice == "qmp" then ($c | "Writes made while it was disabled were not tracked, and enabling it now does not bring them back. Remove the bitmap: QMP block-dirty-bitmap-remove on node " + (.["node"] | tostring) + ". A read-only backing node refuses that: there, with the VM shut down, qemu-img bitmap --remove -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ". Then take a new full backup.")
            elif $chain.advice == "libvirt" then ($c | "Writes made while it was disabled were not tracked, and enabling it now does not bring them back. Delete the checkpoint, which removes every copy: virsh checkpoint-delete -- " + (.["domain"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ". Then take a new full backup with a new checkpoint.")
           else null end), caveat: null,
-        si: 0, ri: 3, name: .name, group: "bitmap" } ),
+        si: 0, ri: 4, name: .name, group: "bitmap" } ),
     ( $S["copy"][] | select(.["persistent"] | kb_truthy | not)
     | (.["layer"]) as $at | kb_context($chain; $at) as $c
     | { rule: "bitmap-persistent", severity: "error", layer: $at,
@@ -230,18 +252,18 @@ def kb_report($args):
            elif $chain.advice == "qmp" then ($c | "A transient bitmap is lost at shutdown and libvirt refuses it. Remove it (QMP block-dirty-bitmap-remove on node " + (.["node"] | tostring) + "), add it again with \"persistent\": true, and take a new full backup.")
            elif $chain.advice == "libvirt" then ($c | "A transient bitmap is lost at shutdown and libvirt refuses it. Delete the checkpoint: virsh checkpoint-delete -- " + (.["domain"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " " + (.["name"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ". Then take a new full backup with a new checkpoint.")
           else null end), caveat: null,
-        si: 0, ri: 4, name: .name, group: "bitmap" } ),
+        si: 0, ri: 5, name: .name, group: "bitmap" } ),
     ( $S["bitmap"][] | select(.["chain_complete"] | kb_truthy | not)
     | (.["last_layer"]) as $at | kb_context($chain; $at) as $c
     | { rule: "chain-complete", severity: "error", layer: $at,
         filename: $c.filename, message: ($c | "layer " + (.["last_layer"] | tostring) + " (" + (.["filename"] | tostring) + ") has a backing file that is not in the input, so bitmap '" + (.["name"] | tostring) + "' cannot be checked below it"),
         remediation: ($c | "Give the whole chain: qemu-img info --output=json --backing-chain, or the image path itself (kbrules check IMAGE), or all of the VM's block nodes from QMP query-named-block-nodes with \"flat\": true."), caveat: null,
-        si: 0, ri: 5, name: .name, group: "bitmap" } ) ] as $F
+        si: 0, ri: 6, name: .name, group: "bitmap" } ) ] as $F
 | kb_verdicts($F; $names) as $bitmaps
 | kb_checkpoints($F; $S.checkpoint; $bitmaps) as $points
 | { source: $chain.source,
     chain: [ $chain.layers[] | {layer, filename, format, node} ],
-    rules: ["bitmap-in-top", "bitmap-contiguous", "bitmap-consistent", "bitmap-recording", "bitmap-persistent", "chain-complete"],
+    rules: ["bitmap-exists", "bitmap-in-top", "bitmap-contiguous", "bitmap-consistent", "bitmap-recording", "bitmap-persistent", "chain-complete"],
     bitmaps: $bitmaps,
     findings: [ $F[] | select(.group == null) ] | sort_by(.si, .ri, .layer) | map(del(.si, .ri, .name, .group)),
     domain: ($chain.domain | if . == null then null else {name, disk, running} end),
