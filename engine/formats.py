@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from . import __version__
-from .draw import GLYPHS, Style, page_html, page_svg
+from .draw import GLYPHS, Style, page_html, page_svg, script
 from .model import Report
 from .report import to_dict, to_text
 from .text import show
@@ -160,6 +160,8 @@ class _PageOutput(Output):
     def add(self, result: Result) -> None:
         if result.error is not None:
             self.results.append((result.source, result.error))
+        elif result.skipped is not None:
+            self.results.append((result.source, f"skipped: {result.skipped}"))
         elif isinstance(result.report, Report):
             self.results.append((result.source, result.report))
         else:
@@ -187,5 +189,15 @@ class SvgOutput(_PageOutput):
         return page_svg(self.results)
 
 
+class ScriptOutput(_PageOutput):
+    help = "the repair plan as a POSIX shell script, to read and then run (what kbrules plan prints)"
+
+    def page(self) -> str:
+        return script(self.results, os.getcwd(), __version__)
+
+    def end(self) -> None:
+        write_text(self.page().rstrip("\n"))
+
+
 FORMATS: dict[str, type[Output]] = {"text": TextOutput, "json": JsonOutput, "jsonl": JsonlOutput,
-                                    "html": HtmlOutput, "svg": SvgOutput}
+                                    "html": HtmlOutput, "svg": SvgOutput, "script": ScriptOutput}

@@ -11,6 +11,7 @@ from typing import Any
 from .draw import PLAIN, Style, explain_picture, report_text
 from .evaluate import evaluate
 from .model import ADVICE, Finding, Report
+from .plan import plan
 from .normalize import normalize
 from .rule import Example, Rule, Template
 from .subjects import KINDS
@@ -38,6 +39,8 @@ def to_dict(report: Report) -> dict[str, Any]:
         "checkpoints": [{"name": c.name, "bitmap": c.bitmap, "usable": c.usable,
                          "findings": [_finding(f) for f in c.findings]} for c in report.checkpoints],
         "newest_usable_checkpoint": report.newest_usable,
+        "plan": [{"bitmap": s.bitmap, "layer": s.layer, "say": s.say,
+                  "command": list(s.command) if s.command is not None else None} for s in plan(report)],
     }
 
 

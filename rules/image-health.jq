@@ -207,19 +207,19 @@ def kb_report($args):
     | (.["layer"]) as $at | kb_context($chain; $at) as $c
     | { rule: "image-corrupt", severity: "error", layer: $at,
         filename: $c.filename, message: ($c | "layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ") is flagged corrupt: QEMU will only open it read-only"),
-        remediation: ($c | "Copy the file first. Then, with no program using it, repair it: qemu-img check -r all " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ". If the check cannot repair it, restore the layer from a backup."), caveat: null,
+        remediation: ($c | "Copy the file first. Then, with no program using it, repair it: qemu-img check -r all -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + ". If the check cannot repair it, restore the layer from a backup."), caveat: null,
         si: 0, ri: 0, name: .name, group: null } ),
     ( $S["layer"][] | select((.["dirty"] | not) | kb_truthy | not)
     | (.["layer"]) as $at | kb_context($chain; $at) as $c
     | { rule: "image-dirty", severity: "warning", layer: $at,
         filename: $c.filename, message: ($c | "layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ") is dirty: it was not closed cleanly while lazy refcounts were on"),
-        remediation: ($c | "With no program using the image, rebuild the refcounts (opening it read-write in QEMU does the same): qemu-img check -r all " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + "."), caveat: null,
+        remediation: ($c | "With no program using the image, rebuild the refcounts (opening it read-write in QEMU does the same): qemu-img check -r all -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + "."), caveat: null,
         si: 1, ri: 1, name: .name, group: null } ),
     ( $S["layer"][] | select(([(.["backing"] == null), (.["backing_format"] != null)] | any) | kb_truthy | not)
     | (.["layer"]) as $at | kb_context($chain; $at) as $c
     | { rule: "backing-format-probed", severity: "error", layer: $at,
         filename: $c.filename, message: ($c | "layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ") names its backing file " + (.["backing"] | tostring) + " without a format: QEMU would probe it, and libvirt refuses the chain"),
-        remediation: ($c | "Record the format without touching any data (the format shown is what qemu-img probed; make sure it is the real one): qemu-img rebase -u -F " + (.["below_format"] | tostring) + " -b " + (.["backing_recorded"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + "."), caveat: null,
+        remediation: ($c | "Record the format without touching any data (the format shown is what qemu-img probed; make sure it is the real one): qemu-img rebase -u -F " + (.["below_format"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " -b " + (.["backing_recorded"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + "."), caveat: null,
         si: 0, ri: 2, name: .name, group: null } ),
     ( $S["bitmap"][] | select((.["granularities"] <= 1) | kb_truthy | not)
     | (0) as $at | kb_context($chain; $at) as $c
