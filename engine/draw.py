@@ -294,7 +294,7 @@ def plan_lines(steps: Sequence[Step], style: Style = PLAIN) -> list[str]:
         if about != group:
             group = about
             out.append(f"  layer {step.layer}:" if step.bitmap is None else f"  bitmap {_name(step.bitmap)}:")
-        out += _wrap(step.say, "    ", "    ", style.width)
+        out += _wrap(show(step.say), "    ", "    ", style.width)
         if step.command is not None:
             out.append("      " + " ".join(shlex.quote(show(word)) for word in step.command))
     return out
@@ -316,7 +316,7 @@ def script(results: Sequence[tuple[str, Union[Report, str]]], directory: str, ve
         if isinstance(report, str):
             out.append(f"# not checked: {show(report)}")
             continue
-        out.append(f"# {show(overall(report))}")
+        out += [f"# {line}" for line in _wrap(overall(report), "", "  ", 86)]
         steps = plan(report)
         if not steps:
             out.append("# nothing to repair")

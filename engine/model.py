@@ -128,6 +128,8 @@ class Finding:
     # The commands in `remediation`, each as it stands there, for a reader to copy:
     # the text report puts each on a line of its own. Not in the JSON report.
     commands: tuple[str, ...] = ()
+    # The same commands as words (argv), for the repair plan to run.
+    argv: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True)

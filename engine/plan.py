@@ -16,15 +16,14 @@ Pure: a Report in, steps out.
 from __future__ import annotations
 
 import json
-import shlex
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from .model import Chain, Layer, Report, Verdict
-from .text import show
+from .text import sh_quote
 
 # Rule ids the plan reads; the rules themselves are in rules/*.yaml.
-EXISTS, COMPLETE, NAME_INVALID = "bitmap-exists", "chain-complete", "bitmap-name-invalid"
+EXISTS, COMPLETE = "bitmap-exists", "chain-complete"
 MAX_NAME = 1023  # bytes of a bitmap name that qcow2 can store
 
 
@@ -46,10 +45,11 @@ def plan(report: Report) -> tuple[Step, ...]:
     held = [layer for layer in chain.layers if layer.shared_rw]
     if held:
         return (Step(None, held[0].layer,
-                     f"Layer {held[0].layer} ({show(held[0].filename)}) is open read-write in another "
+                     f"Layer {held[0].layer} ({held[0].filename}) is open read-write in another "
                      f"program (read with --force-share): nothing can be repaired offline. Check the "
                      f"running VM instead (kbrules check --domain DOMAIN, or its QMP data)."),)
-    steps = [step for f in report.findings if f.severity == "error" for step in _layer_steps(chain, f.layer, f.rule, f.message, f.commands)]
+    steps = [step for f in report.findings if f.severity == "error"
+             for step in _layer_steps(chain, f.layer, f.rule, f.message, f.commands, f.argv)]
     for verdict in report.bitmaps:
         if not verdict.valid:
             steps += _bitmap_steps(chain, verdict)
@@ -61,16 +61,15 @@ def _offline(chain: Chain) -> bool:
     return chain.source == "qemu-img" and (chain.domain is None or not chain.domain.running)
 
 
-def _layer_steps(chain: Chain, layer: int, rule: str, message: str,
-                 commands: Sequence[str]) -> list[Step]:
+def _layer_steps(chain: Chain, layer: int, rule: str, message: str, commands: Sequence[str],
+                 argv: Sequence[tuple[str, ...]]) -> list[Step]:
     """A layer's own error: the commands of its rule's remediation (rules/*.yaml marks
     them), run offline; a running VM must be shut down first."""
     if not commands:
-        return [Step(None, layer, f"{rule}: {show(message)}: see the finding's remediation.")]
+        return [Step(None, layer, f"{rule}: {message}: see the finding's remediation.")]
     if not _offline(chain):
-        return [Step(None, layer, f"{rule}: {show(message)}. With the VM shut down: {show(c)}")
-                for c in commands]
-    return [Step(None, layer, f"{rule}: {show(message)}", tuple(shlex.split(c))) for c in commands]
+        return [Step(None, layer, f"{rule}: {message}. With the VM shut down: {c}") for c in commands]
+    return [Step(None, layer, f"{rule}: {message}.", words) for words in argv]
 
 
 def _holders(chain: Chain, name: str) -> list[Layer]:
@@ -101,7 +100,7 @@ def _bitmap_steps(chain: Chain, verdict: Verdict) -> list[Step]:
                                  f"base: a copy of bitmap {_q(name)} below cannot be seen), then plan again.")]
     holders = _holders(chain, name)
     if not _shell_safe(name):
-        return [Step(name, h.layer, f"Bitmap {_q(name)} in layer {h.layer} ({show(h.filename)}) has a name "
+        return [Step(name, h.layer, f"Bitmap {_q(name)} in layer {h.layer} ({h.filename}) has a name "
                                     f"that qemu-img cannot take: remove it with a tool that can, then take a "
                                     f"new full backup.") for h in holders]
     if chain.advice == "libvirt":
@@ -112,11 +111,11 @@ def _bitmap_steps(chain: Chain, verdict: Verdict) -> list[Step]:
 
 
 def _q(name: str) -> str:
-    return f"'{show(name)}'"
+    return f"'{name}'"
 
 
 def _remove(name: str, layer: Layer) -> Step:
-    return Step(name, layer.layer, f"Remove bitmap {_q(name)} from layer {layer.layer} ({show(layer.filename)}).",
+    return Step(name, layer.layer, f"Remove bitmap {_q(name)} from layer {layer.layer} ({layer.filename}).",
                 ("qemu-img", "bitmap", "--remove", "--", layer.filename, name))
 
 
@@ -130,12 +129,12 @@ def _start(chain: Chain, name: str, holders: Sequence[Layer]) -> list[Step]:
     backup = Step(name, None, f"Then take a new full backup, before anything writes to the chain again: "
                               f"bitmap {_q(name)} tracks every write from now on.")
     if not _can_hold(top):
-        return [Step(name, 0, f"The top image {show(top.filename)} cannot hold bitmaps (raw, or qcow2 "
+        return [Step(name, 0, f"The top image {top.filename} cannot hold bitmaps (raw, or qcow2 "
                               f"version 2): take a new full backup, and start bitmaps in a qcow2 version 3 "
                               f"overlay.")]
     granularity = _granularity(holders, name)
     size = ("-g", str(granularity)) if granularity is not None else ()
-    return [Step(name, 0, f"Start bitmap {_q(name)} anew in the top image ({show(top.filename)}).",
+    return [Step(name, 0, f"Start bitmap {_q(name)} anew in the top image ({top.filename}).",
                  ("qemu-img", "bitmap", "--add", *size, "--", top.filename, name)), backup]
 
 
@@ -165,7 +164,7 @@ def _libvirt_steps(chain: Chain, name: str, holders: Sequence[Layer]) -> list[St
                     steps.append(Step(name, h.layer, f"With the domain shut off, remove bitmap {_q(name)} "
                                                      f"from layer {h.layer} (QEMU refuses to change a read-only "
                                                      f"backing node): qemu-img bitmap --remove -- "
-                                                     f"{shlex.quote(show(h.filename))} {shlex.quote(show(name))}"))
+                                                     f"{sh_quote(h.filename)} {sh_quote(name)}"))
     else:
         steps += [_remove(name, h) for h in holders]
         if checkpoint:
@@ -173,7 +172,7 @@ def _libvirt_steps(chain: Chain, name: str, holders: Sequence[Layer]) -> list[St
                                           f"the record of a shut-off domain's checkpoint).",
                               ("virsh", "checkpoint-delete", "--metadata", "--", domain.name, name)))
     steps.append(Step(name, None, f"Then take a full backup with a new checkpoint: virsh backup-begin "
-                                  f"{shlex.quote(show(domain.name))} BACKUP.xml CHECKPOINT.xml, where "
+                                  f"{sh_quote(domain.name)} BACKUP.xml CHECKPOINT.xml, where "
                                   f"CHECKPOINT.xml is <domaincheckpoint><name>NAME</name></domaincheckpoint>"
                                   f"{' (start the domain first)' if not domain.running else ''}."))
     return steps
@@ -185,12 +184,12 @@ def _qmp_steps(chain: Chain, name: str, holders: Sequence[Layer]) -> list[Step]:
     for h in holders:
         if h.layer == 0:
             qmp = json.dumps({"execute": "block-dirty-bitmap-remove", "arguments": {"node": h.node, "name": name}})
-            steps.append(Step(name, 0, f"Send QMP: {show(qmp)}"))
+            steps.append(Step(name, 0, f"Send QMP: {qmp}"))
         else:
             steps.append(Step(name, h.layer, f"With the VM shut down (QEMU refuses to change a read-only "
                                              f"backing node): qemu-img bitmap --remove -- "
-                                             f"{shlex.quote(show(h.filename))} {shlex.quote(show(name))}"))
+                                             f"{sh_quote(h.filename)} {sh_quote(name)}"))
     add = json.dumps({"node": chain.layers[0].node, "name": name, "persistent": True})
     steps.append(Step(name, None, f"Then take a new full backup, and start the bitmap anew in the same QMP "
-                                  f"transaction as the backup job: block-dirty-bitmap-add {show(add)}."))
+                                  f"transaction as the backup job: block-dirty-bitmap-add {add}."))
     return steps

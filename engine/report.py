@@ -21,7 +21,7 @@ from .text import plain, show
 def _finding(f: Finding) -> dict[str, Any]:
     """A finding as the JSON report has it (README: 'JSON report'; `commands` is for
     the text report only, and not part of that contract)."""
-    return {k: v for k, v in asdict(f).items() if k != "commands"}
+    return {k: v for k, v in asdict(f).items() if k not in ("commands", "argv")}
 
 
 def to_dict(report: Report) -> dict[str, Any]:

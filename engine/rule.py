@@ -3,6 +3,7 @@ its own examples. Plain data; engine/loader.py makes these from rule files."""
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -69,6 +70,25 @@ class Template:
     def render_commands(self, facts: dict[str, Any]) -> tuple[str, ...]:
         """The commands of the rendered text, each as it stands in render()'s result."""
         return tuple(c.render(facts) for c in self.commands)
+
+    def render_argv(self, facts: dict[str, Any]) -> tuple[tuple[str, ...], ...]:
+        """The commands as words (argv): their literal text split at spaces, each
+        placeholder's value within one word, never split and never quoted."""
+        return tuple(c.words(facts) for c in self.commands)
+
+    def words(self, facts: dict[str, Any]) -> tuple[str, ...]:
+        out: list[str] = []
+        word: Optional[str] = None
+        for literal, field, _ in self.parts:
+            for i, piece in enumerate(re.split(r"\s+", literal)):
+                if i > 0 and word is not None:  # a space ends the word
+                    out.append(word)
+                    word = None
+                if piece:
+                    word = (word or "") + piece
+            if field is not None:
+                word = (word or "") + tostring(facts.get(field))
+        return tuple(out + ([word] if word is not None else []))
 
     def pieces(self) -> list[tuple[str, bool]]:
         """The text as (piece, is_command) with each placeholder as its field's name in
