@@ -16,7 +16,6 @@ import secrets
 import stat
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -225,10 +224,13 @@ def where(result: Result) -> tuple[str, str]:
     return "", result.source
 
 
-def samples(results: list[Result], now: float, duration: float) -> dict[str, Counter[tuple[str, ...]]]:
+Samples = dict[str, dict[tuple[str, ...], float]]  # metric name -> label values -> value
+
+
+def samples(results: list[Result], now: float, duration: float) -> Samples:
     """Each metric's samples: label values -> value. The same input named twice is
     counted once (a series must not repeat)."""
-    out: dict[str, Counter[tuple[str, ...]]] = {name: Counter() for name in METRICS}
+    out: Samples = {name: {} for name in METRICS}
     seen: set[tuple[str, str]] = set()
     for result in results:
         at = where(result)
@@ -246,21 +248,20 @@ def samples(results: list[Result], now: float, duration: float) -> dict[str, Cou
     return out
 
 
-def _report_samples(out: dict[str, Counter[tuple[str, ...]]], at: tuple[str, str],
-                    data: dict[str, Any]) -> None:
-    findings = out["kbrules_findings"]
+def _report_samples(out: Samples, at: tuple[str, str], data: dict[str, Any]) -> None:
+    found = [(bitmap["name"], "", f) for bitmap in data["bitmaps"] for f in bitmap["findings"]]
+    found += [("", point["name"], f) for point in data["checkpoints"] for f in point["findings"]]
+    found += [("", "", f) for f in data["findings"]]
     for bitmap in data["bitmaps"]:
         out["kbrules_bitmap_valid"][(*at, bitmap["name"])] = int(bitmap["valid"])
-        for f in bitmap["findings"]:
-            findings[(*at, bitmap["name"], "", f["rule"], f["severity"])] += 1
     for point in data["checkpoints"]:
         out["kbrules_checkpoint_usable"][(*at, point["name"])] = int(point["usable"])
         out["kbrules_checkpoint_newest_usable"][(*at, point["name"])] = int(
             point["name"] == data["newest_usable_checkpoint"])
-        for f in point["findings"]:
-            findings[(*at, "", point["name"], f["rule"], f["severity"])] += 1
-    for f in data["findings"]:
-        findings[(*at, "", "", f["rule"], f["severity"])] += 1
+    findings = out["kbrules_findings"]
+    for bitmap_name, point_name, f in found:
+        key = (*at, bitmap_name, point_name, f["rule"], f["severity"])
+        findings[key] = findings.get(key, 0) + 1
 
 
 def exposition(results: list[Result], now: float, duration: float) -> bytes:
@@ -282,7 +283,7 @@ def exposition(results: list[Result], now: float, duration: float) -> bytes:
                 yield family
 
     registry = CollectorRegistry()
-    registry.register(Collector())  # type: ignore[arg-type]  # a collector is any object with collect()
+    registry.register(Collector())  # a collector is any object with collect()
     return generate_latest(registry)
 
 
@@ -342,12 +343,13 @@ def to_file(path: Optional[str]) -> Iterator[None]:
         return
     check_writable(path)
     stdout = sys.stdout
-    captured = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="\n")
+    raw = io.BytesIO()
+    captured = io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
     sys.stdout = captured
     try:
         yield
         captured.flush()
-        data = captured.buffer.getvalue()  # type: ignore[attr-defined]  # a BytesIO
+        data = raw.getvalue()
     finally:
         sys.stdout = stdout
     replace_file(path, data)
