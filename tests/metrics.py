@@ -9,6 +9,10 @@ import shutil
 from typing import Any, Mapping, Optional
 
 Series = tuple[str, frozenset[tuple[str, str]]]  # metric name, its labels (empty ones left out)
+# Bitmap names a guest could choose: quotes, backslashes, newlines and other control
+# characters, non-ASCII, the longest name QEMU takes (1023 bytes), a fake sample.
+HOSTILE_BITMAPS = ['say "hi"', "back\\slash\\", "new\nline", "tab\tcr\rbell\a", "é✓ 名前",
+                   "x" * 1023, "{le=\"0.5\"} 1\n# HELP fake"]
 RUN = ("kbrules_last_run_timestamp_seconds", "kbrules_last_run_duration_seconds", "kbrules_build_info")
 
 
@@ -51,7 +55,8 @@ def _count(out: dict[Series, float], at: dict[str, str], findings: list[dict[str
 
 
 def parse(text: str) -> dict[Series, float]:
-    """Every sample of an exposition text, by prometheus_client's parser."""
+    """Every sample of an exposition text, by prometheus_client's parser. (Read a file
+    as bytes: a CR in a label is no line end, and universal newlines would make it one.)"""
     from prometheus_client.parser import text_string_to_metric_families
 
     out: dict[Series, float] = {}
