@@ -125,8 +125,9 @@ def test_the_service_is_hardened(tmp_path: Path) -> None:
                           capture_output=True, text=True)
     exposure = float(done.stdout.split("Overall exposure level for kbrules.service:")[1].split()[0])
     # systemd's scale: 0 safe .. 10 unsafe; a plain service scores 9.6. Root, but with
-    # two capabilities, no network and a read-only system, the unit scores about 2.
-    assert exposure <= 2.5, done.stdout[-2000:]
+    # two capabilities, no network and a read-only system, the unit scores 2.0 with
+    # systemd 252 (the page promises 3 or less).
+    assert exposure <= 3, done.stdout[-2000:]
 
 
 # Daemons ----------------------------------------------------------------------------------
