@@ -292,6 +292,8 @@ def exposition(results: list[Result], now: float, duration: float) -> bytes:
 def check_writable(path: str) -> None:
     """Refuse, before any input is read, a FILE that --output could not replace."""
     directory = os.path.dirname(path) or "."
+    if not path:
+        raise OutputError("--output needs a file name")
     if os.path.isdir(path):
         raise OutputError(f"--output {path}: is a directory; give a file name in it")
     if not os.path.isdir(directory):

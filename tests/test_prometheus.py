@@ -198,7 +198,8 @@ def test_a_run_that_stops_on_an_error_leaves_the_file_as_it_was(tmp_path: Path) 
     ("{tmp}/no/such/dir/kbrules.prom", "no such directory"),
     ("{tmp}", "is a directory"),
     ("/proc/kbrules.prom", "cannot create a file in /proc"),
-], ids=["no-directory", "a-directory", "cannot-create"])
+    ("", "needs a file name"),
+], ids=["no-directory", "a-directory", "cannot-create", "empty"])
 def test_output_that_cannot_be_written_is_one_line(where: str, needle: str, chains: dict[str, Path],
                                                    tmp_path: Path) -> None:
     run = kbrules("check", "--format", "prometheus", "--output", where.format(tmp=tmp_path),
