@@ -5,6 +5,7 @@ read back with prometheus_client's own parser."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from typing import Any, Mapping, Optional
 
@@ -35,7 +36,7 @@ def expected(entries: list[dict[str, Any]],
             out[series(metric, domain=domain, disk=disk, reason=reason)] = 1
             continue
         at = {"domain": entry["domain"]["name"], "disk": entry["domain"]["disk"]} if entry["domain"] \
-            else {"domain": "", "disk": name}
+            else {"domain": "", "disk": path_label(name)}
         for bitmap in entry["bitmaps"]:
             out[series("kbrules_bitmap_valid", **at, bitmap=bitmap["name"])] = float(bitmap["valid"])
             _count(out, at, bitmap["findings"], bitmap=bitmap["name"])
@@ -46,6 +47,11 @@ def expected(entries: list[dict[str, Any]],
             _count(out, at, point["findings"], checkpoint=point["name"])
         _count(out, at, entry["findings"])
     return out
+
+
+def path_label(path: str) -> str:
+    """A path as a label (README): its bytes that are not UTF-8 written \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _count(out: dict[Series, float], at: dict[str, str], findings: list[dict[str, Any]], **about: str) -> None:

@@ -254,7 +254,7 @@ def test_prometheus_holds_what_kbrules_reports_and_sees_a_bitmap_break(tmp_path:
     chains = {}
     for name, layers in {"healthy": [{"daily": "ok"}, {"daily": "ok"}],
                          "broken": [{"daily": "ok"}, {"daily": "disabled"}],
-                         'hostile "dir"\\\n': [{n: "ok" for n in HOSTILE_BITMAPS}]}.items():
+                         os.fsdecode(b'hostile "dir"\\\n\xff'): [{n: "ok" for n in HOSTILE_BITMAPS}]}.items():
         (tmp_path / name).mkdir()
         chains[name] = str(make_chain(tmp_path / name, layers)[0])
     output = textfiles / "kbrules.prom"
@@ -268,6 +268,8 @@ def test_prometheus_holds_what_kbrules_reports_and_sees_a_bitmap_break(tmp_path:
     assert got[series("kbrules_bitmap_valid", disk=chains["broken"], bitmap="daily")] == 0
     bitmaps = {dict(k[1])["bitmap"] for k in got if k[0] == "kbrules_bitmap_valid"}
     assert set(HOSTILE_BITMAPS) <= bitmaps  # every hostile name, byte for byte, through Prometheus
+    hostile = next(dict(k[1])["disk"] for k in got if dict(k[1]).get("bitmap") == HOSTILE_BITMAPS[0])
+    assert hostile.endswith('/hostile "dir"\\\n\\xff/layer0.qcow2'), hostile  # 0xff is no UTF-8
 
     # A writer killed mid-write leaves the healthy chain's top bitmap inconsistent.
     top = Path(chains["healthy"])

@@ -20,7 +20,7 @@ from engine.errors import InputError, ToolTimeout
 from engine.formats import Result, exposition, label, replace_file
 from engine.model import Domain
 from helpers import assert_one_line_error, kbrules, make_chain
-from metrics import HOSTILE_BITMAPS, RUN, expected, parse, promtool_missing, series, without_run
+from metrics import HOSTILE_BITMAPS, RUN, expected, parse, path_label, promtool_missing, series, without_run
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_hostile_names_come_back_as_they_are(hostile: Path) -> None:
     assert run.code == 0, run
     found = without_run(parse(run.out))
     # The path's byte 0xff is not UTF-8, which a label must be: it reads \xff.
-    disk = os.fsencode(str(hostile)).decode("utf-8", "backslashreplace")
+    disk = path_label(str(hostile))
     assert "\\xff" in disk and "\n" in disk and '"' in disk
     assert found == {series("kbrules_bitmap_valid", disk=disk, bitmap=name): 1 for name in HOSTILE_BITMAPS}
     assert len("x" * 1023) == 1023 and "x" * 1023 in {dict(k[1])["bitmap"] for k in found}
