@@ -14,7 +14,7 @@ from . import __version__, jqbackend, libvirt
 from .errors import KbrulesError, UsageError
 from .evaluate import evaluate
 from .examples import ENGINES, check_example
-from .formats import FORMATS, Output, Result, terminal_style, write_text
+from .formats import FORMATS, Output, Result, terminal_style, to_file, write_text
 from .inputs import STDIN, Input, read_input
 from .loader import load_rules
 from .model import any_error
@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--format", choices=tuple(FORMATS), default="text",
                        help="report format (default: text): " + "; ".join(
                            f"{name}: {output.help}" for name, output in FORMATS.items()))
+    check.add_argument("--output", "-o", metavar="FILE",
+                       help="write the report to FILE instead of standard output, atomically "
+                            "(a temporary file in FILE's directory, renamed over FILE at the end), "
+                            "as node_exporter's textfile collector needs; a run that stops on an "
+                            "error leaves FILE as it was")
     check.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1, metavar="N",
                        help="run up to N qemu-img at once (default: the number of CPUs)")
     check.add_argument("--top", metavar="NODE",
@@ -192,7 +197,7 @@ def check(args: argparse.Namespace) -> int:
         try:
             return [_check_one(source, args, rules, program)]
         except KbrulesError as e:
-            return [Result(source, EXIT_ERROR, error=show(str(e)))]
+            return [Result.failed(source, e)]
 
     return _check_many(one, sources, args.jobs, output)
 
@@ -228,17 +233,18 @@ def _check_domains(args: argparse.Namespace, rules: list[Rule], program: Any, ou
         try:
             disks = libvirt.read_domain(name, args.connect, args.disks or ())
         except KbrulesError as e:
-            return [Result(name, EXIT_ERROR, error=show(str(e)))]
+            return [Result.failed(name, e, domain=name)]
         out = []
         for disk in disks:
             if disk.input is not None:
                 try:
                     out.append(_judge(disk.input, args, rules, program))
                 except KbrulesError as e:
-                    out.append(Result(disk.name, EXIT_ERROR, error=show(str(e))))
+                    out.append(Result.failed(disk.name, e, domain=name))
             else:
                 out.append(Result(disk.name, EXIT_ERROR if disk.error else EXIT_OK,
-                                  error=disk.error and show(disk.error), skipped=disk.skipped))
+                                  error=disk.error and show(disk.error), skipped=disk.skipped,
+                                  reason=disk.reason, domain=name))
         return out
 
     return _check_many(one, names, args.jobs, output)
@@ -344,7 +350,13 @@ def explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"check": check, "jq": jq_program, "test": test_rules, "list": list_rules,
+def check_to(args: argparse.Namespace) -> int:
+    """kbrules check, to standard output or --output FILE."""
+    with to_file(args.output):
+        return check(args)
+
+
+COMMANDS = {"check": check_to, "jq": jq_program, "test": test_rules, "list": list_rules,
             "explain": explain}
 
 

@@ -3,19 +3,27 @@ written to standard output. The CLI picks one by name and only calls add() and e
 
 Whatever stdout can encode, the report gets out: JSON falls back to \\u escapes and
 text to backslash escapes when stdout is not UTF-8, so that exit 1 never means
-"could not print"."""
+"could not print". With --output FILE, what would go to stdout replaces FILE
+atomically at the end of the run (to_file)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import secrets
 import shutil
+import stat
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from . import __version__
 from .draw import GLYPHS, Style, page_html, page_svg
+from .errors import KbrulesError, OutputError
 from .model import Report
 from .report import to_dict, to_text
 from .text import show
@@ -30,6 +38,13 @@ class Result:
     report: Union[Report, dict[str, Any], None] = None  # a dict from the jq engine
     error: Optional[str] = None  # the one-line reason, when code is 2
     skipped: Optional[str] = None  # why this input (a domain's disk) is not checked
+    reason: Optional[str] = None  # of the error or skip, in one word (KbrulesError.reason...)
+    domain: Optional[str] = None  # the libvirt domain this input is (a disk of)
+
+    @classmethod
+    def failed(cls, source: str, error: KbrulesError, domain: Optional[str] = None) -> "Result":
+        """An input that could not be checked."""
+        return cls(source, 2, error=show(str(error)), reason=error.reason, domain=domain)
 
     def data(self) -> dict[str, Any]:
         """The JSON report."""
@@ -86,6 +101,18 @@ def write_text(text: str) -> None:
 
 def write_json(value: Any, indent: Optional[int] = 2) -> None:
     print(json.dumps(value, indent=indent, ensure_ascii=not _utf8()))
+
+
+def write_bytes(data: bytes) -> None:
+    """UTF-8 bytes as they are, whatever the locale's encoding (a text-only stdout, as
+    in tests, gets the text)."""
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:
+        sys.stdout.write(data.decode("utf-8"))
+        return
+    sys.stdout.flush()
+    buffer.write(data)
+    buffer.flush()
 
 
 class Output:
@@ -187,5 +214,214 @@ class SvgOutput(_PageOutput):
         return page_svg(self.results)
 
 
+class PrometheusOutput(Output):
+    named = True  # every input is its own series, even when it is the only one
+    help = ("Prometheus metrics (text exposition format) for node_exporter's textfile "
+            "collector, with --output DIR/kbrules.prom (docs: monitoring)")
+
+    def __init__(self, batch: bool) -> None:
+        super().__init__(batch)
+        self.results: list[Result] = []
+        self.started = time.monotonic()
+
+    def add(self, result: Result) -> None:
+        self.results.append(result)
+
+    def end(self) -> None:
+        write_bytes(exposition(self.results, time.time(), time.monotonic() - self.started))
+
+
 FORMATS: dict[str, type[Output]] = {"text": TextOutput, "json": JsonOutput, "jsonl": JsonlOutput,
-                                    "html": HtmlOutput, "svg": SvgOutput}
+                                    "html": HtmlOutput, "svg": SvgOutput,
+                                    "prometheus": PrometheusOutput}
+
+
+# Prometheus metrics ------------------------------------------------------------------
+
+METRICS = {  # name: (labels, help); every value is a gauge
+    "kbrules_bitmap_valid": (
+        ("domain", "disk", "bitmap"),
+        "Whether an incremental backup can start from this bitmap (1) or not (0): no "
+        "finding of severity error on it."),
+    "kbrules_checkpoint_usable": (
+        ("domain", "disk", "checkpoint"),
+        "Whether an incremental backup of this disk can start from this libvirt checkpoint "
+        "now (1) or not (0)."),
+    "kbrules_checkpoint_newest_usable": (
+        ("domain", "disk", "checkpoint"),
+        "1 for the newest usable checkpoint of the disk, 0 for its other checkpoints."),
+    "kbrules_findings": (
+        ("domain", "disk", "bitmap", "checkpoint", "rule", "severity"),
+        "Findings of a rule, on a bitmap, a checkpoint, or (both empty) the chain's layers."),
+    "kbrules_input_error": (
+        ("domain", "disk", "reason"),
+        "1 for an input that could not be checked, with why in one word (the message is on "
+        "stderr)."),
+    "kbrules_input_skipped": (
+        ("domain", "disk", "reason"),
+        "1 for a domain's disk that is not checked (not a qcow2 disk...), with why in one word."),
+    "kbrules_last_run_timestamp_seconds": (
+        (), "When the kbrules run that wrote these metrics ended, in seconds since the epoch."),
+    "kbrules_last_run_duration_seconds": (
+        (), "How long the kbrules run that wrote these metrics took to check its inputs."),
+}
+
+
+def label(text: str) -> str:
+    """A label value: any text as it is (the exposition format escapes quotes, backslashes
+    and newlines); the bytes of a name that is not UTF-8 (a path from the command line)
+    as \\xNN, since a label must be UTF-8."""
+    try:
+        return text.encode("utf-8").decode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a surrogate no byte decoded to
+            raw = text.encode("utf-8", "backslashreplace")
+        return raw.decode("utf-8", "backslashreplace")
+
+
+def where(result: Result) -> tuple[str, str]:
+    """The (domain, disk) labels of an input: a domain's name and disk target, or no
+    domain and the path or JSON file as given on the command line."""
+    if result.report is not None:
+        domain = result.data()["domain"]
+        if domain is not None:
+            return domain["name"], domain["disk"]
+    if result.domain is not None:  # a disk that was skipped or failed, or the whole domain
+        prefix = result.domain + "/"
+        return result.domain, result.source[len(prefix):] if result.source.startswith(prefix) else ""
+    return "", result.source
+
+
+Samples = dict[str, dict[tuple[str, ...], float]]  # metric name -> label values -> value
+
+
+def samples(results: list[Result], now: float, duration: float) -> Samples:
+    """Each metric's samples: label values -> value. The same input named twice is
+    counted once (a series must not repeat)."""
+    out: Samples = {name: {} for name in METRICS}
+    seen: set[tuple[str, str]] = set()
+    for result in results:
+        at = where(result)
+        if at in seen:
+            continue
+        seen.add(at)
+        if result.error is not None:
+            out["kbrules_input_error"][(*at, result.reason or "other")] = 1
+        elif result.skipped is not None:
+            out["kbrules_input_skipped"][(*at, result.reason or "other")] = 1
+        else:
+            _report_samples(out, at, result.data())
+    out["kbrules_last_run_timestamp_seconds"][()] = now
+    out["kbrules_last_run_duration_seconds"][()] = duration
+    return out
+
+
+def _report_samples(out: Samples, at: tuple[str, str], data: dict[str, Any]) -> None:
+    found = [(bitmap["name"], "", f) for bitmap in data["bitmaps"] for f in bitmap["findings"]]
+    found += [("", point["name"], f) for point in data["checkpoints"] for f in point["findings"]]
+    found += [("", "", f) for f in data["findings"]]
+    for bitmap in data["bitmaps"]:
+        out["kbrules_bitmap_valid"][(*at, bitmap["name"])] = int(bitmap["valid"])
+    for point in data["checkpoints"]:
+        out["kbrules_checkpoint_usable"][(*at, point["name"])] = int(point["usable"])
+        out["kbrules_checkpoint_newest_usable"][(*at, point["name"])] = int(
+            point["name"] == data["newest_usable_checkpoint"])
+    findings = out["kbrules_findings"]
+    for bitmap_name, point_name, f in found:
+        key = (*at, bitmap_name, point_name, f["rule"], f["severity"])
+        findings[key] = findings.get(key, 0) + 1
+
+
+def exposition(results: list[Result], now: float, duration: float) -> bytes:
+    """The metrics of a run in Prometheus' text exposition format, written by the
+    official client library (imported here only: other formats do not pay for it)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+
+    values = samples(results, now, duration)
+
+    class Collector:
+        def collect(self) -> Iterator[Metric]:
+            yield InfoMetricFamily("kbrules_build", "The version of kbrules that wrote these metrics.",
+                                   value={"version": __version__})
+            for name, (labels, text) in METRICS.items():
+                family = GaugeMetricFamily(name, text, labels=list(labels))
+                for key, value in values[name].items():
+                    family.add_metric([label(v) for v in key], value)
+                yield family
+
+    registry = CollectorRegistry()
+    registry.register(Collector())  # a collector is any object with collect()
+    return generate_latest(registry)
+
+
+# --output FILE ----------------------------------------------------------------------
+
+def check_writable(path: str) -> None:
+    """Refuse, before any input is read, a FILE that --output could not replace."""
+    directory = os.path.dirname(path) or "."
+    if not path:
+        raise OutputError("--output needs a file name")
+    if os.path.isdir(path):
+        raise OutputError(f"--output {path}: is a directory; give a file name in it")
+    if not os.path.isdir(directory):
+        raise OutputError(f"--output {path}: no such directory {directory}")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OutputError(f"--output {path}: cannot create files in {directory} (permission denied)")
+
+
+def replace_file(path: str, data: bytes) -> None:
+    """Write FILE as a whole or not at all: a temporary file in the same directory
+    (never named *.prom, so node_exporter skips it), synced, then renamed over FILE.
+    A reader sees the old content or the new one, never a part. The new file keeps the
+    mode of the one it replaces; a new one gets 0666 less the umask, as with `>`."""
+    directory = os.path.dirname(path) or "."
+    temp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as e:
+        raise OutputError(f"--output {path}: cannot create a file in {directory}: {e.strerror}") from None
+    try:
+        with open(fd, "wb") as file:
+            with contextlib.suppress(FileNotFoundError):
+                old = os.stat(path)
+                if stat.S_ISREG(old.st_mode):
+                    os.fchmod(file.fileno(), stat.S_IMODE(old.st_mode))
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.rename(temp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise OutputError(f"--output {path}: cannot write: {e.strerror or e}") from None
+    with contextlib.suppress(OSError):  # the rename itself outlives a crash
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def to_file(path: Optional[str]) -> Iterator[None]:
+    """With a path, what the run prints goes to that file instead, replacing it when
+    the run ends without an exception; a run that stops on an error (exit 2, one line)
+    leaves the file as it was. Without a path, stdout as usual."""
+    if path is None:
+        yield
+        return
+    check_writable(path)
+    stdout = sys.stdout
+    raw = io.BytesIO()
+    captured = io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
+    sys.stdout = captured
+    try:
+        yield
+        captured.flush()
+        data = raw.getvalue()
+    finally:
+        sys.stdout = stdout
+    replace_file(path, data)

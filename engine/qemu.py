@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Optional
 
-from .errors import InputError, ToolError
+from .errors import InputError, ToolError, ToolTimeout
 
 TIMEOUT = 120  # seconds; qemu-img reads 2000 layers in about 1 s
 LOCKED = 'Failed to get shared "write" lock'
@@ -15,6 +15,8 @@ LOCKED = 'Failed to get shared "write" lock'
 
 class ImageInUse(InputError):
     """The image is open read-write in a running VM or qemu-nbd."""
+
+    reason = "image_in_use"
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ def _run(argv: list[str]) -> Ran:
         raise ToolError("qemu-img not found: install it (Debian/Ubuntu: apt-get install "
                         "qemu-utils; Fedora/RHEL: dnf install qemu-img)") from None
     except subprocess.TimeoutExpired:
-        raise ToolError(f"{' '.join(argv)}: no answer after {TIMEOUT} s") from None
+        raise ToolTimeout(f"{' '.join(argv)}: no answer after {TIMEOUT} s") from None
     return Ran(done.stdout, done.stderr.decode("utf-8", "replace"), done.returncode)
 
 
