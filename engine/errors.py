@@ -19,3 +19,20 @@ class RulesError(KbrulesError):
 
 class UsageError(KbrulesError):
     """The command line asks for something that cannot be done."""
+
+
+class OutputError(KbrulesError):
+    """Standard output cannot take the report: closed, full, or a write error."""
+
+
+class ReaderGone(Exception):
+    """The reader of standard output went away (| head): stop quietly, as Unix tools do."""
+
+
+class Interrupted(BaseException):
+    """A signal (SIGINT, SIGTERM) asks kbrules to stop: the exit status is 128 + its
+    number. A BaseException, as KeyboardInterrupt is: no `except Exception` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

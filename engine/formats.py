@@ -3,18 +3,27 @@ written to standard output. The CLI picks one by name and only calls add() and e
 
 Whatever stdout can encode, the report gets out: JSON falls back to \\u escapes and
 text to backslash escapes when stdout is not UTF-8, so that exit 1 never means
-"could not print"."""
+"could not print". Names that are not valid UTF-8 (a path's bytes) are written as
+\\xHH (text.fs_text), so the output is always valid UTF-8.
+
+Whatever stdout does, the exit status holds: each piece (a JSONL line, a report) is
+written and flushed whole; a write that fails is an OutputError (exit 2), and a
+regular file is cut back to before that piece, so it never ends mid-line; a reader
+that went away (| head) is ReaderGone, and kbrules stops quietly."""
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Optional, TextIO, Union
 
+from .errors import OutputError, ReaderGone
 from .model import Report
 from .report import to_dict, to_text
-from .text import show
+from .text import fs_text, show
 
 
 @dataclass(frozen=True)
@@ -33,22 +42,75 @@ class Result:
 
     def entry(self) -> dict[str, Any]:
         """The JSON report with the input's name, or the input's name and its error."""
-        return {"input": self.source, "error": self.error} if self.error is not None else \
-            {"input": self.source, **self.data()}
+        return {"input": fs_text(self.source), "error": fs_text(self.error)} if self.error is not None else \
+            {"input": fs_text(self.source), **self.data()}
 
 
 def _utf8() -> bool:
-    return (sys.stdout.encoding or "").lower().replace("-", "") == "utf8"
+    return (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "") == "utf8"
+
+
+def _start(out: TextIO) -> Optional[int]:
+    """Where the next write lands, when stdout is a regular file: what a failed write
+    is cut back to."""
+    try:
+        fd = out.fileno()
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        import fcntl
+
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:
+            return os.fstat(fd).st_size
+        return os.lseek(fd, 0, os.SEEK_CUR)
+    except (OSError, ValueError):  # no file descriptor (a StringIO), or not seekable
+        return None
+
+
+def _silence(out: TextIO, start: Optional[int]) -> None:
+    """After a failed write: cut a regular file back to `start`, and point stdout at
+    /dev/null, so that the bytes still buffered cannot fail again at exit."""
+    try:
+        fd = out.fileno()
+        if start is not None:
+            os.ftruncate(fd, start)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+    except (OSError, ValueError):
+        pass
 
 
 def write_text(text: str) -> None:
-    if not _utf8() and hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(errors="backslashreplace")
-    print(text)
+    """Write `text` and a newline to stdout in one piece, flushed."""
+    out = sys.stdout
+    if out is None:
+        raise OutputError("cannot write the report: standard output is closed")
+    if not _utf8() and hasattr(out, "reconfigure"):
+        out.reconfigure(errors="backslashreplace")
+    start = _start(out)
+    try:
+        out.write(fs_text(text) + "\n")
+        out.flush()
+    except BrokenPipeError:
+        _silence(out, None)
+        raise ReaderGone() from None
+    except (OSError, ValueError) as e:  # ValueError: stdout was closed
+        _silence(out, start)
+        raise OutputError(f"cannot write the report to standard output: "
+                          f"{getattr(e, 'strerror', None) or e}") from None
+
+
+def say(line: str) -> None:
+    """One line on stderr, prefixed 'kbrules: ' and made safe for a terminal; lost,
+    not raised, when stderr itself cannot be written."""
+    try:
+        print(f"kbrules: {show(line)}", file=sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def write_json(value: Any, indent: Optional[int] = 2) -> None:
-    print(json.dumps(value, indent=indent, ensure_ascii=not _utf8()))
+    write_text(json.dumps(value, indent=indent, ensure_ascii=not _utf8()))
 
 
 class Output:

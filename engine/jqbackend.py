@@ -118,6 +118,7 @@ def kb_report($args):
 | ($chain | kb_subjects($names)) as $S
 | [ RULES ] as $F
 | { source: $chain.source,
+    trust_backing: false,
     chain: [ $chain.layers[] | {layer, filename, format, node} ],
     rules: RULE_IDS,
     bitmaps: [ [ ($names | to_entries[] | {name: .value, order: .key}), ($F[] | select(.name != null)) ]

@@ -269,11 +269,19 @@ def _read(path: Path) -> tuple[tuple[str, int, int], _File]:
     except UnicodeDecodeError as e:
         raise RulesError(f"{path}: not UTF-8 text (byte {e.start})") from None
     entry = cache.read(content)
-    cached = entry is not None
-    if entry is None:
+    rules: Optional[tuple[Rule, ...]] = None
+    if entry is not None:
+        try:
+            rules = tuple(_build(path, entry["data"], entry["lines"]))
+        except Exception:  # an entry this kbrules did not write: ignored, never trusted
+            rules = None
+    cached = rules is not None
+    if rules is None:
         data, lines = _parse(path, text)
         entry = {"data": data, "lines": lines}
-    _FILES[key] = _File(tuple(_build(path, entry["data"], entry["lines"])), content, entry, cached)
+        rules = tuple(_build(path, data, lines))
+    assert entry is not None
+    _FILES[key] = _File(rules, content, entry, cached)
     return key, _FILES[key]
 
 

@@ -52,6 +52,8 @@ class Chain:
     layers: tuple[Layer, ...]
     # False when the last layer names a backing file that is not in the input.
     complete: bool
+    # Read from images with --trust-backing: qemu-img followed what they name, unchecked.
+    trust_backing: bool = False
 
 
 @dataclass(frozen=True)

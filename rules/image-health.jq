@@ -167,6 +167,7 @@ def kb_report($args):
         remediation: ($c | "Nothing to fix. To let bitmaps reach this layer: if it is qcow2 v2, qemu-img amend -o compat=1.1 -- " + (.["filename"] | if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end) + " upgrades it in place; a raw layer cannot be amended, only copied to qcow2 (qemu-img convert -f raw -O qcow2) with the layer above rebased onto the copy."), caveat: null,
         si: 2, ri: 6, name: null } ) ] as $F
 | { source: $chain.source,
+    trust_backing: false,
     chain: [ $chain.layers[] | {layer, filename, format, node} ],
     rules: ["image-corrupt", "image-dirty", "backing-format-probed", "bitmap-granularity-mismatch", "bitmap-busy", "bitmap-name-invalid", "layer-cannot-hold-bitmaps"],
     bitmaps: [ [ ($names | to_entries[] | {name: .value, order: .key}), ($F[] | select(.name != null)) ]

@@ -160,6 +160,7 @@ def kb_report($args):
         remediation: ($c | "Give the whole chain: qemu-img info --output=json --backing-chain, or the image path itself (kbrules check IMAGE), or all of the VM's block nodes from QMP query-named-block-nodes with \"flat\": true."), caveat: null,
         si: 0, ri: 5, name: .name } ) ] as $F
 | { source: $chain.source,
+    trust_backing: false,
     chain: [ $chain.layers[] | {layer, filename, format, node} ],
     rules: ["bitmap-in-top", "bitmap-contiguous", "bitmap-recording", "bitmap-consistent", "bitmap-persistent", "chain-complete"],
     bitmaps: [ [ ($names | to_entries[] | {name: .value, order: .key}), ($F[] | select(.name != null)) ]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from engine import inspect, qemu
 from engine.cli import main
 
 LIBVIRT = Path(__file__).resolve().parents[2] / "shared" / "peers" / "libvirt"
@@ -63,9 +64,50 @@ def make_chain(directory: Path, layers: Sequence[Mapping[str, str]],
                 qemu_img("bitmap", "--add", "--disable", "--", path.name, name, cwd=directory)
             else:
                 assert state in ("in-use", "disabled-in-use"), state
-        paths.append(path)
+        paths.append(agrees_with_qemu(path))
         below = (path, real)
     return paths[::-1]
+
+
+def agrees_with_qemu(path: Path) -> Path:
+    """`path`, once kbrules' own reading of its header (engine/inspect.py) is found to
+    be qemu-img's: the probed format and, for qcow2, the backing file and its format,
+    the data file, the version, the feature flags qemu-img shows, the counts of bitmaps
+    and snapshots. qemu-img runs contained (limits, no network) and opens this one
+    image only (info without --backing-chain never opens a backing file)."""
+    ran = qemu.run(["qemu-img", "info", "--output=json", "-U", str(path)], str(path))
+    assert ran.returncode == 0, ran.stderr
+    info = json.loads(ran.stdout)
+    head = path.read_bytes()[:4096]
+    assert info["format"] == inspect.probe(head, str(path)), (path, info["format"])
+    if info["format"] != "qcow2":
+        return path
+    header = inspect.parse_qcow2(path.read_bytes()[:inspect.qcow2_size(head)])
+    data = info["format-specific"]["data"]
+    found = {
+        "backing": header.backing.decode("utf-8", "replace") if header.backing else None,
+        "backing format": header.backing_format,
+        "data file": header.data_file.decode("utf-8", "replace") if header.data_file else None,
+        "compat": {2: "0.10", 3: "1.1"}[header.version],
+        "lazy refcounts": bool(header.compatible & 1),
+        "corrupt": bool(header.incompatible & 2) if header.version == 3 else None,
+        "extended l2": bool(header.incompatible & 16) if header.version == 3 else None,
+        "bitmaps": header.bitmaps,
+        "snapshots": header.snapshots,
+    }
+    said = {
+        "backing": info.get("backing-filename"),
+        "backing format": info.get("backing-filename-format"),
+        "data file": data.get("data-file"),
+        "compat": data["compat"],
+        "lazy refcounts": data.get("lazy-refcounts", False),
+        "corrupt": data.get("corrupt"),
+        "extended l2": data.get("extended-l2"),
+        "bitmaps": len(data.get("bitmaps", [])),
+        "snapshots": len(info.get("snapshots", [])),
+    }
+    assert found == said, (path, found, said)
+    return path
 
 
 def info_text(top: Path, backing_chain: bool = True) -> str:

@@ -27,7 +27,7 @@ RULES = load_rules()
 
 # ------------------------------------------------------------------ the contract
 
-REPORT_KEYS = {"source", "chain", "rules", "bitmaps", "findings"}
+REPORT_KEYS = {"source", "trust_backing", "chain", "rules", "bitmaps", "findings"}
 CHAIN_KEYS = {"layer", "filename", "format", "node"}
 VERDICT_KEYS = {"name", "valid", "findings"}
 FINDING_KEYS = {"rule", "severity", "layer", "filename", "message", "remediation", "caveat"}
