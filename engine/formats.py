@@ -18,7 +18,7 @@ import os
 import stat
 import sys
 from dataclasses import dataclass
-from typing import Any, Optional, TextIO, Union
+from typing import Any, Optional, Union
 
 from .errors import OutputError, ReaderGone
 from .model import Report
@@ -50,54 +50,59 @@ def _utf8() -> bool:
     return (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "") == "utf8"
 
 
-def _start(out: TextIO) -> Optional[int]:
+def _start(fd: int) -> Optional[int]:
     """Where the next write lands, when stdout is a regular file: what a failed write
     is cut back to."""
     try:
-        fd = out.fileno()
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             return None
         import fcntl
 
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:
-            return os.fstat(fd).st_size
-        return os.lseek(fd, 0, os.SEEK_CUR)
-    except (OSError, ValueError):  # no file descriptor (a StringIO), or not seekable
+        return st.st_size if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND else os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError:
         return None
 
 
-def _silence(out: TextIO, start: Optional[int]) -> None:
+def _silence(fd: int, start: Optional[int]) -> None:
     """After a failed write: cut a regular file back to `start`, and point stdout at
-    /dev/null, so that the bytes still buffered cannot fail again at exit."""
+    /dev/null, so that nothing still buffered can fail again at exit."""
     try:
-        fd = out.fileno()
         if start is not None:
             os.ftruncate(fd, start)
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, fd)
         os.close(null)
-    except (OSError, ValueError):
+    except OSError:
         pass
 
 
 def write_text(text: str) -> None:
-    """Write `text` and a newline to stdout in one piece, flushed."""
+    """Write `text` and a newline to stdout as one piece: straight to its file
+    descriptor, all of it or an error (OutputError, or ReaderGone for a closed pipe)."""
     out = sys.stdout
     if out is None:
         raise OutputError("cannot write the report: standard output is closed")
-    if not _utf8() and hasattr(out, "reconfigure"):
-        out.reconfigure(errors="backslashreplace")
-    start = _start(out)
+    piece = fs_text(text) + "\n"
     try:
-        out.write(fs_text(text) + "\n")
+        fd = out.fileno()
+    except (OSError, ValueError, AttributeError):  # not a file (a StringIO): no bytes to count
+        out.write(piece)
         out.flush()
+        return
+    data = piece.encode(out.encoding or "utf-8", "strict" if _utf8() else "backslashreplace")
+    start = _start(fd)
+    try:
+        out.flush()  # whatever was printed before, first
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
     except BrokenPipeError:
-        _silence(out, None)
+        _silence(fd, None)
         raise ReaderGone() from None
-    except (OSError, ValueError) as e:  # ValueError: stdout was closed
-        _silence(out, start)
-        raise OutputError(f"cannot write the report to standard output: "
-                          f"{getattr(e, 'strerror', None) or e}") from None
+    except OSError as e:
+        _silence(fd, start)
+        raise OutputError(f"cannot write the report to standard output: {e.strerror or e}") from None
 
 
 def say(line: str) -> None:

@@ -217,11 +217,11 @@ def _info_argv(path: str, image_format: Optional[str], force_share: bool, chain:
 
 def info(path: str, image_format: Optional[str] = None, force_share: bool = False, *,
          chain: bool = True, label: Optional[str] = None, network: bool = False,
-         timeout: float = TIMEOUT) -> tuple[bytes, list[str]]:
+         timeout: float = TIMEOUT, limits: Limits = LIMITS) -> tuple[bytes, list[str]]:
     """qemu-img info --output=json [--backing-chain] of an image on disk: its JSON
     text, and qemu-img's warning (the first line of stderr of a run that succeeded)."""
     label = label or path
-    ran = run(_info_argv(path, image_format, force_share, chain), label, timeout, network)
+    ran = run(_info_argv(path, image_format, force_share, chain), label, timeout, network, limits)
     if ran.returncode != 0:
         if LOCKED in ran.stderr:
             raise ImageInUse(
@@ -230,7 +230,7 @@ def info(path: str, image_format: Optional[str] = None, force_share: bool = Fals
                 f"virsh qemu-monitor-command DOMAIN '{{\"execute\":\"query-named-block-nodes\","
                 f"\"arguments\":{{\"flat\":true}}}}' | kbrules check -  (or add --force-share "
                 f"to read it anyway; its in-use flags then mean nothing)")
-        raise _failure(label, ran, LIMITS)
+        raise _failure(label, ran, limits)
     return ran.stdout, [first_line(ran.stderr)] if ran.stderr.strip() else []
 
 

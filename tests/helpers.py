@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import socket
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from engine import inspect, qemu
 from engine.cli import main
@@ -163,3 +165,65 @@ def verdicts(run: Run) -> dict[str, tuple[bool, list[tuple[str, int]]]]:
     """name -> (valid, [(rule, layer), ...]) from a JSON report."""
     return {b["name"]: (b["valid"], [(f["rule"], f["layer"]) for f in b["findings"]])
             for b in run.json()["bitmaps"]}
+
+
+class Listener:
+    """A TCP listener on 127.0.0.1 that accepts connections, counts them and never
+    answers (a stand-in for an nbd, http, ssh... server an image names). A context
+    manager: closed, with every connection, at the end of the block."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.05)  # accept() wakes up to see the end of the block
+        self.port = self.server.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while not self.done.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:  # a timeout: look again
+                continue
+            self.accepted.append(conn)
+
+    def __enter__(self) -> "Listener":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+        self.server.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+KBRULES = Path(sys.executable).parent / "kbrules"  # the console script of this venv
+
+
+def processes_with(*needles: str) -> list[int]:
+    """PIDs of live processes whose command line holds every needle (such as a test's
+    own temporary directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                cmdline = (entry / "cmdline").read_bytes()
+                stat = (entry / "stat").read_text()
+                if all(n.encode() in cmdline for n in needles) and stat.split(") ", 1)[1][:1] != "Z":
+                    found.append(int(entry.name))
+    return found
+
+
+@contextlib.contextmanager
+def fifo(path: Path) -> Iterator[Path]:
+    """A FIFO no one writes to: opening it for reading blocks forever."""
+    import os
+
+    os.mkfifo(path)
+    try:
+        yield path
+    finally:
+        path.unlink()

@@ -549,6 +549,9 @@ def test_json_without_suffix_is_an_image_with_a_note(tmp_path: Path) -> None:
     (["check", "a.json", "--jobs", "0"], ["--jobs must be 1 or more"]),
     (["check", "-", "--image-format", "qcow2"], ["--image-format needs an image path, not -"]),
     (["check", "-", "-f", "raw", "--format", "json"], ["--image-format needs an image path"]),
+    (["check", "a.img", "--json", "-f", "raw"], ["--json and --image-format contradict each other"]),
+    (["check", "-", "--timeout", "0"], ["--timeout must be more than 0 seconds"]),
+    (["check", "-", "--max-json-size", "12X"], ["--max-json-size", "not a size: '12X'"]),
 ])
 def test_bad_command_line(argv: list[str], needles: list[str]) -> None:
     run = kbrules(*argv, stdin=json.dumps(chain()).encode())
