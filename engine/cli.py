@@ -248,10 +248,6 @@ def _check_all(sources: list[str], args: argparse.Namespace, rules: list[Rule],
     runs = qemu.Runs()
 
     def work() -> None:
-        with qemu.joined(runs):
-            _work()
-
-    def _work() -> None:
         while not over.is_set():
             with ready:
                 index = next(pending, None)
@@ -259,7 +255,8 @@ def _check_all(sources: list[str], args: argparse.Namespace, rules: list[Rule],
                 return
             outcome: Outcome
             try:
-                outcome = _check_one(sources[index], args, rules, program)
+                with qemu.joined(runs):
+                    outcome = _check_one(sources[index], args, rules, program)
             except qemu.Stopped:
                 return  # kbrules is stopping: this input is not finished
             except KbrulesError as e:
@@ -276,7 +273,7 @@ def _check_all(sources: list[str], args: argparse.Namespace, rules: list[Rule],
         while shown < len(sources):
             with ready:
                 while outcomes[shown] is None:
-                    ready.wait(0.2)
+                    ready.wait(0.2)  # a signal interrupts the wait either way
                 outcome = outcomes[shown]
             assert outcome is not None
             worst = max(worst, _show(sources[shown], outcome, output, progress))

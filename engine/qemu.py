@@ -166,9 +166,12 @@ def run(argv: list[str], label: str, timeout: float = TIMEOUT, network: bool = F
     # qemu-img's thread pool would then reach the address-space limit without using
     # the memory (seen: 300 snapshots read with -U), and the limit would mean nothing.
     env = {**os.environ, "LC_ALL": "C", "MALLOC_ARENA_MAX": "2"}
-    proc = subprocess.Popen(wrapped, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True,
-                            preexec_fn=_limiter(limits), env=env)
+    try:
+        proc = subprocess.Popen(wrapped, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True,
+                                preexec_fn=_limiter(limits), env=env)
+    except (OSError, subprocess.SubprocessError) as e:  # no fork, or the limits failed
+        raise ToolError(f"{label}: cannot start {argv[0]}: {getattr(e, 'strerror', None) or e}") from None
     runs._started(proc)
     try:
         try:

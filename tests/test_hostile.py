@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -307,3 +309,39 @@ def test_qemu_img_stderr_is_one_short_line(tmp_path: Path) -> None:
     line = assert_one_line_error(run, "qemu-img info failed (exit 1): qemu-img: Could not open")
     assert line.endswith("…") and len(line.split("qemu-img info failed (exit 1): ")[1]) == qemu.QUOTE
 
+
+
+def test_without_unshare_the_limits_still_hold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A platform with no unshare: qemu-img runs with the network, and the limits on."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "qemu-img").symlink_to(shutil.which("qemu-img") or "qemu-img")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    qemu.no_network.cache_clear()
+    try:
+        assert qemu.no_network() == ()
+        top = make_chain(tmp_path, [{"a": "ok"}])[0]
+        assert kbrules("check", str(top)).code == 0
+        bomb = forge.many_bitmaps(tmp_path / "b.qcow2", 16000)
+        with pytest.raises(ToolError, match=r"used up its CPU time limit \(1 s\)"):
+            qemu.info(str(bomb), "qcow2", limits=qemu.Limits(cpu=1))
+    finally:
+        qemu.no_network.cache_clear()
+
+
+def test_no_network_for_a_user_that_is_not_root(tmp_path: Path) -> None:
+    """As another user, the network namespace comes with a user namespace of its own."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root to run a test process as another user")
+    code = ("import sys; from engine import qemu; "
+            "ran = qemu.run(['qemu-img', 'info', sys.argv[1]], 'x', timeout=20); "
+            "print(' '.join(qemu.no_network()), ran.returncode)")
+    with Listener() as listener:
+        done = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                               sys.executable, "-c", code, f"nbd://127.0.0.1:{listener.port}/x"],
+                              capture_output=True, text=True, cwd="/", timeout=60)
+        assert done.returncode == 0, done.stderr
+        if not done.stdout.startswith("unshare"):
+            pytest.skip("user namespaces are off here: qemu-img runs with the limits only")
+        assert done.stdout.split() == ["unshare", "--user", "--map-root-user", "--net", "--", "1"]
+        assert not listener.accepted
