@@ -215,7 +215,7 @@ def _failure(label: str, ran: Ran, limits: Limits) -> ToolError:
 def _info_argv(path: str, image_format: Optional[str], force_share: bool, chain: bool) -> list[str]:
     return (["qemu-img", "info", "--output=json"] + (["--backing-chain"] if chain else [])
             + (["-U"] if force_share else []) + (["-f", image_format] if image_format else [])
-            + [path])
+            + ["--", path])  # a name (a guest's, for a backing file) is never an option
 
 
 def info(path: str, image_format: Optional[str] = None, force_share: bool = False, *,

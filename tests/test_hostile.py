@@ -103,6 +103,17 @@ def test_secret_file_as_a_backing_file_without_a_format(tmp_path: Path) -> None:
     assert [(f["rule"], f["layer"]) for f in report["findings"]] == [("backing-format-probed", 0)]
 
 
+def test_a_backing_file_named_like_an_option_is_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read one layer at a time (its format not recorded), each name is an argument
+    of qemu-img: a guest's backing file name must never be read as an option."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "--help").write_bytes(b"\0" * 65536)
+    forge.without_backing_format(forge.qcow2(tmp_path / "top.qcow2", "--help"))
+    run = kbrules("check", "top.qcow2", "--format", "json")
+    assert run.code == 1, run.err  # backing-format-probed
+    assert [(l["filename"], l["format"]) for l in run.json()["chain"]] == [("top.qcow2", "qcow2"), ("--help", "raw")]
+
+
 def test_json_backing_reading_a_secret_is_refused(tmp_path: Path) -> None:
     """A json: blkdebug backing whose config file is a 0600 secret: qemu-img quotes a
     value of it in its error. kbrules refuses the json: name, and says nothing of it."""
