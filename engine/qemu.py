@@ -201,7 +201,9 @@ def _failure(label: str, ran: Ran, limits: Limits) -> ToolError:
     """One line saying why qemu-img failed: its exit status or the signal that ended
     it (a resource limit, most likely), and its first line of stderr."""
     if ran.returncode >= 0:
-        return ToolError(f"{label}: qemu-img info failed (exit {ran.returncode}): {first_line(ran.stderr)}")
+        short = any(sign in ran.stderr for sign in ("Cannot allocate memory", "Resource temporarily unavailable"))
+        limit = f" (at its memory limit of {limits.memory >> 20} MiB?)" if short else ""
+        return ToolError(f"{label}: qemu-img info failed (exit {ran.returncode}){limit}: {first_line(ran.stderr)}")
     number = -ran.returncode
     why = {int(signal.SIGXCPU): f"used up its CPU time limit ({limits.cpu} s)",
            int(signal.SIGXFSZ): "tried to write a file, which kbrules does not allow",

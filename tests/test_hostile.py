@@ -282,7 +282,7 @@ def test_memory_limit(tmp_path: Path) -> None:
     """20000 snapshots: about 120 MB for qemu-img info; with 64 MiB allowed, it fails."""
     bomb = forge.many_snapshots(tmp_path / "s.qcow2", 20000)
     assert qemu.info(str(bomb), "qcow2")[0]  # within the default limits
-    with pytest.raises(ToolError, match=r"qemu-img crashed, perhaps at its memory limit \(64 MiB\)"):
+    with pytest.raises(ToolError, match=r"memory limit (of )?\(?64 MiB"):
         qemu.info(str(bomb), "qcow2", limits=qemu.Limits(memory=64 << 20))
 
 

@@ -65,7 +65,8 @@ BROKEN = {
     "header-too-short": (_set(100, ">I", 64), "header length 64 is too short"),
     "backing-offset-past-cluster": (_set(8, ">Q", 1 << 20), "invalid backing file offset"),
     "backing-name-too-long": (_set(16, ">I", 5000), "backing file name too long"),
-    "extension-too-large": (_set(112 + 4, ">I", 1 << 20), "a header extension is too large"),
+    "extension-too-large": (lambda data: struct.pack_into(">I", data, struct.unpack_from(">I", data, 100)[0] + 4,
+                                                          1 << 20), "a header extension is too large"),
 }
 
 
