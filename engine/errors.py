@@ -42,6 +42,20 @@ class UsageError(KbrulesError):
 
 
 class OutputError(KbrulesError):
-    """The report cannot be written where --output says."""
+    """The report cannot be written: standard output closed, full or failing, or the
+    file that --output names."""
 
     reason = "output"
+
+
+class ReaderGone(Exception):
+    """The reader of standard output went away (| head): stop quietly, as Unix tools do."""
+
+
+class Interrupted(BaseException):
+    """A signal (SIGINT, SIGTERM) asks kbrules to stop: the exit status is 128 + its
+    number. A BaseException, as KeyboardInterrupt is: no `except Exception` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

@@ -3,8 +3,15 @@ written to standard output. The CLI picks one by name and only calls add() and e
 
 Whatever stdout can encode, the report gets out: JSON falls back to \\u escapes and
 text to backslash escapes when stdout is not UTF-8, so that exit 1 never means
-"could not print". With --output FILE, what would go to stdout replaces FILE
-atomically at the end of the run (to_file)."""
+"could not print". Names that are not valid UTF-8 (a path's bytes) are written as
+\\xHH (text.fs_text), so the output is always valid UTF-8.
+
+Whatever stdout does, the exit status holds: each piece (a JSONL line, a report) is
+written and flushed whole; a write that fails is an OutputError (exit 2), and a
+regular file is cut back to before that piece, so it never ends mid-line; a reader
+that went away (| head) is ReaderGone, and kbrules stops quietly. With --output
+FILE, what would go to stdout replaces FILE atomically at the end of the run
+(to_file)."""
 
 from __future__ import annotations
 
@@ -23,10 +30,10 @@ from typing import Any, Optional, Union
 
 from . import __version__
 from .draw import GLYPHS, Style, page_html, page_svg
-from .errors import KbrulesError, OutputError
+from .errors import KbrulesError, OutputError, ReaderGone
 from .model import Report
 from .report import to_dict, to_text
-from .text import show
+from .text import fs_text, show
 
 
 @dataclass(frozen=True)
@@ -53,16 +60,43 @@ class Result:
 
     def entry(self) -> dict[str, Any]:
         """The JSON report with the input's name, or the input's name and its error,
-        or why it was skipped."""
+        or why it was skipped. Names that are not UTF-8 are written as \\xHH."""
         if self.error is not None:
-            return {"input": self.source, "error": self.error}
+            return {"input": fs_text(self.source), "error": fs_text(self.error)}
         if self.skipped is not None:
-            return {"input": self.source, "skipped": self.skipped}
-        return {"input": self.source, **self.data()}
+            return {"input": fs_text(self.source), "skipped": self.skipped}
+        return {"input": fs_text(self.source), **self.data()}
 
 
 def _utf8() -> bool:
-    return (sys.stdout.encoding or "").lower().replace("-", "") == "utf8"
+    return (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "") == "utf8"
+
+
+def _start(fd: int) -> Optional[int]:
+    """Where the next write lands, when stdout is a regular file: what a failed write
+    is cut back to."""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        import fcntl
+
+        return st.st_size if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND else os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError:
+        return None
+
+
+def _silence(fd: int, start: Optional[int]) -> None:
+    """After a failed write: cut a regular file back to `start`, and point stdout at
+    /dev/null, so that nothing still buffered can fail again at exit."""
+    try:
+        if start is not None:
+            os.ftruncate(fd, start)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+    except OSError:
+        pass
 
 
 def terminal_style() -> Style:
@@ -85,34 +119,64 @@ def terminal_style() -> Style:
     return Style(width=max(width, 40), unicode=unicode, colour=colour)
 
 
-def write_markup(text: str) -> None:
-    """HTML or SVG: what stdout cannot encode becomes a character reference."""
-    if not _utf8():
-        text = text.encode("ascii", "xmlcharrefreplace").decode("ascii")
-    sys.stdout.write(text)
-    sys.stdout.flush()
+def _write(piece: str, data: Optional[bytes] = None) -> None:
+    """Write one piece to stdout: `data` (its bytes, `piece` encoded for stdout when
+    None) straight to stdout's file descriptor, all of it or an error (OutputError, or
+    ReaderGone for a closed pipe); `piece` itself to a stdout that is no file (a
+    StringIO, --output's buffer)."""
+    out = sys.stdout
+    if out is None:
+        raise OutputError("cannot write the report: standard output is closed")
+    try:
+        fd = out.fileno()
+    except (OSError, ValueError, AttributeError):  # not a file: no bytes to count
+        out.write(piece)
+        out.flush()
+        return
+    if data is None:
+        data = piece.encode(out.encoding or "utf-8", "strict" if _utf8() else "backslashreplace")
+    start = _start(fd)
+    try:
+        out.flush()  # whatever was printed before, first
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except BrokenPipeError:
+        _silence(fd, None)
+        raise ReaderGone() from None
+    except OSError as e:
+        _silence(fd, start)
+        raise OutputError(f"cannot write the report to standard output: {e.strerror or e}") from None
 
 
 def write_text(text: str) -> None:
-    if not _utf8() and hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(errors="backslashreplace")
-    print(text)
+    """`text` and a newline, as one piece."""
+    _write(fs_text(text) + "\n")
 
 
-def write_json(value: Any, indent: Optional[int] = 2) -> None:
-    print(json.dumps(value, indent=indent, ensure_ascii=not _utf8()))
+def write_markup(text: str) -> None:
+    """HTML or SVG, as one piece: what stdout cannot encode becomes a character
+    reference."""
+    text = fs_text(text)
+    _write(text, text.encode("utf-8") if _utf8() else text.encode("ascii", "xmlcharrefreplace"))
 
 
 def write_bytes(data: bytes) -> None:
-    """UTF-8 bytes as they are, whatever the locale's encoding (a text-only stdout, as
-    in tests, gets the text)."""
-    buffer = getattr(sys.stdout, "buffer", None)
-    if buffer is None:
-        sys.stdout.write(data.decode("utf-8"))
-        return
-    sys.stdout.flush()
-    buffer.write(data)
-    buffer.flush()
+    """UTF-8 bytes as they are, whatever the locale's encoding, as one piece."""
+    _write(data.decode("utf-8"), data)
+
+
+def say(line: str) -> None:
+    """One line on stderr, prefixed 'kbrules: ' and made safe for a terminal; lost,
+    not raised, when stderr itself cannot be written."""
+    try:
+        print(f"kbrules: {show(line)}", file=sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def write_json(value: Any, indent: Optional[int] = 2) -> None:
+    write_text(json.dumps(value, indent=indent, ensure_ascii=not _utf8()))
 
 
 class Output:

@@ -165,14 +165,14 @@ def _read_disk(disk: Disk, where: str, domain: Domain, nodes: Any) -> DiskRead:
                                            "(libvirt before 5.10?): check it with QMP data and --top",
                             reason="no_node_index")
         context = Context(domain, tuple(f"libvirt-{i}-format" for i in disk.indices))
-        return DiskRead(where, Input(where, nodes, normalize(nodes, where, context=context), (), context))
+        return DiskRead(where, Input(where, nodes, normalize(nodes, where, context=context), context=context))
     if disk.type not in ("file", "block") or disk.path is None:
         return DiskRead(where, skipped=f"a {disk.type} disk: kbrules reads it only from the "
                                        f"running domain, over QMP", reason="needs_running_domain")
     read = from_image(disk.path, "qcow2")
     context = Context(domain, read_locked=True)
     chain = normalize(read.value, disk.path, context=context)
-    return DiskRead(where, Input(where, read.value, chain, read.warnings, context))
+    return DiskRead(where, Input(where, read.value, chain, read.warnings, read.notes, context))
 
 
 def all_domains(connect: Optional[str] = None) -> list[str]:
