@@ -1,6 +1,7 @@
 """The articles' examples run as tests: every ``docs/kbase/*.rst`` is collected by Sybil,
-and so is ``docs/contributing.rst``, whose worked example is a session like theirs
-(``PAGES`` below; "article" in what follows means any of these pages).
+and so are ``docs/contributing.rst``, whose worked example is a session like theirs,
+and ``docs/monitoring.rst`` (``PAGES`` below; "article" in what follows means any of
+these pages).
 
 Run one article alone with ``python3 -m pytest docs/kbase/incremental-backup.rst``; the
 plain ``python3 -m pytest -q`` runs them too (``testpaths`` in pyproject.toml).
@@ -36,7 +37,7 @@ Console sessions (``.. code-block:: console``)
       a disk in it is destroyed and undefined when the article is done. Without
       libvirt installed such a command is skipped (in CI, where CI is set, it fails).
     - Environment: ``KBRULES_RULES`` is the rules directory of the kbrules under test (in
-      a source tree, its ``rules/``); ``LC_ALL=C.UTF-8``, ``COLUMNS=80``; no core dumps;
+      a source tree, its ``rules/``); ``KBRULES_MONITORING`` is ``docs/monitoring/``; ``LC_ALL=C.UTF-8``, ``COLUMNS=80``; no core dumps;
       the scripts directory of this Python comes first in ``PATH``, so ``kbrules`` is the
       one under test.
 
@@ -149,7 +150,8 @@ def _environment(where: Path) -> dict[str, str]:
     scripts = [sysconfig.get_path("scripts"), str(Path(sys.executable).parent)]
     path = os.pathsep.join([*dict.fromkeys(scripts), os.environ.get("PATH", "")])
     return {**os.environ, "PATH": path, "LC_ALL": "C.UTF-8", "COLUMNS": "80",
-            "KBRULES_RULES": str(rules_dir()), "KBRULES_CACHE_DIR": str(where.parent / "cache")}
+            "KBRULES_RULES": str(rules_dir()), "KBRULES_CACHE_DIR": str(where.parent / "cache"),
+            "KBRULES_MONITORING": str(Path(__file__).resolve().parent / "monitoring")}
 
 
 def _no_core_dumps() -> None:
@@ -382,7 +384,7 @@ def stop_leftovers(where: Path) -> None:
 
 
 # The pages whose sessions run, relative to docs/.
-PAGES = ["kbase/*.rst", "contributing.rst"]
+PAGES = ["kbase/*.rst", "contributing.rst", "monitoring.rst"]
 
 pytest_collect_file = Sybil(
     parsers=[parse_console, PythonSessions()],

@@ -38,10 +38,13 @@ __all__ = ["DiskCheck", "KbrulesError", "Report", "check_domain", "check_path", 
 def check_path(path: Union[str, Path], bitmaps: Optional[Sequence[str]] = None, *,
                rules: Optional[Sequence[Path]] = None, select: Sequence[str] = (),
                ignore: Sequence[str] = (), top: Optional[str] = None,
-               image_format: Optional[str] = None, force_share: bool = False) -> Report:
-    """Check a disk image (through qemu-img) or a JSON file, as `kbrules check PATH`."""
+               image_format: Optional[str] = None, force_share: bool = False,
+               trust_backing: bool = False) -> Report:
+    """Check a disk image (through qemu-img) or a JSON file (named *.json), as `kbrules
+    check PATH`; `trust_backing` as --trust-backing (README: Security)."""
     chosen = load_rules(rules, select, ignore)
-    read = read_input(str(path), top=top, image_format=image_format, force_share=force_share)
+    read = read_input(str(path), top=top, image_format=image_format, force_share=force_share,
+                      trust_backing=trust_backing)
     return evaluate(read.chain, chosen, bitmaps)
 
 

@@ -4,18 +4,20 @@ calls is pure, but for engine.qemu (which runs qemu-img)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence, Union
 
-from . import __version__, jqbackend, libvirt
-from .errors import KbrulesError, UsageError
+from . import __version__, jqbackend, libvirt, qemu
+from .errors import Interrupted, KbrulesError, ReaderGone, UsageError
 from .evaluate import evaluate
 from .examples import ENGINES, check_example
-from .formats import FORMATS, Output, Result, terminal_style, write_text
-from .inputs import STDIN, Input, read_input
+from .formats import FORMATS, Output, Result, say, terminal_style, to_file, write_text
+from .inputs import MAX_JSON, STDIN, Input, read_input
 from .loader import load_rules
 from .model import any_error
 from .report import explanation
@@ -23,6 +25,7 @@ from .rule import Rule
 from .text import count, show, table
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+EXIT_PIPE = 128 + int(signal.SIGPIPE)  # the reader went away: what a shell shows for `yes | head -1`
 
 DESCRIPTION = """\
 Is this qcow2 backing chain fit for an incremental backup from bitmap X? kbrules
@@ -31,13 +34,16 @@ checks the chain against the rules of libvirt's incremental-backup article (libv
 
 EXIT_STATUS = """\
 exit status: 0 no error finding, 1 at least one error finding (a bitmap is not
-valid), 2 the input, the command line or qemu-img failed."""
+valid), 2 the input, the command line, qemu-img or the output failed; 130 and 143
+interrupted (SIGINT, SIGTERM); 141 the reader of the output went away (| head)."""
 
 CHECK_EPILOG = """\
-input (detected automatically):
-  IMAGE           a disk image: kbrules runs qemu-img info --backing-chain on it
+input (by its name, never by its content):
+  IMAGE           any other path is a disk image: kbrules inspects its headers, then
+                  runs qemu-img info on it (README: Security)
   FILE.json | -   qemu-img info --output=json [--backing-chain] output, or QMP
-                  query-named-block-nodes (bare array or {"return": [...]})
+                  query-named-block-nodes (bare array or {"return": [...]}); --json
+                  reads every PATH as JSON
   --domain NAME   every disk of a libvirt domain, and its checkpoints (virsh)
 
 examples:
@@ -74,6 +80,13 @@ rules/*.jq in the source tree are these programs, generated per rules file."""
 
 
 class _Parser(argparse.ArgumentParser):
+    def _print_message(self, message: str, file: Any = None) -> None:
+        # --help and --version through the one writer: a full or closed stdout is exit 2.
+        if message and file in (None, sys.stdout):
+            write_text(message.rstrip("\n"))
+        else:
+            super()._print_message(message, file)
+
     def error(self, message: str) -> NoReturn:
         # One line, not argparse's usage block.
         if "--bitmap" in message and "expected one argument" in message:
@@ -86,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     top = _Parser(prog="kbrules", description=DESCRIPTION,
                   formatter_class=argparse.RawDescriptionHelpFormatter,
                   epilog="commands:\n  kbrules check --help    the checker's inputs and options\n"
+                         "  kbrules plan --help     the repair plan as a shell script\n"
                          "  kbrules jq --help       the same checks as a jq program\n\n" + EXIT_STATUS)
     top.add_argument("--version", action="version", version=f"kbrules {__version__}")
     sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -128,38 +142,65 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_options(parser: argparse.ArgumentParser) -> None:
     """The inputs and options that kbrules check and kbrules plan share."""
     parser.add_argument("inputs", nargs="*", metavar="PATH|-",
-                       help="disk images or JSON files, or - for standard input (the default "
-                            "when input is piped); several are checked in one run")
+                        help="disk images or JSON files, or - for standard input (the default "
+                             "when input is piped); several are checked in one run")
     parser.add_argument("--bitmap", "-b", action="append", metavar="NAME", dest="bitmaps",
-                       help="check this bitmap (repeatable); default: every bitmap in the chain")
+                        help="check this bitmap (repeatable); default: every bitmap in the chain")
+    parser.add_argument("--output", "-o", metavar="FILE",
+                        help="write the report to FILE instead of standard output, atomically "
+                             "(a temporary file in FILE's directory, renamed over FILE at the end), "
+                             "as node_exporter's textfile collector needs; a run that stops on an "
+                             "error leaves FILE as it was")
     parser.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1, metavar="N",
-                       help="run up to N qemu-img at once (default: the number of CPUs)")
+                        help="run up to N qemu-img at once (default: the number of CPUs)")
     parser.add_argument("--top", metavar="NODE",
-                       help="QMP input: the node-name of the disk's top format node, when the "
-                            "data holds several disks")
+                        help="QMP input: the node-name of the disk's top format node, when the "
+                             "data holds several disks")
     parser.add_argument("--force-share", "-U", action="store_true",
-                       help="read an image that a running VM holds (qemu-img -U); in-use flags of "
-                            "layers open read-write are then not meaningful")
+                        help="read an image that a running VM holds (qemu-img -U); in-use flags of "
+                             "layers open read-write are then not meaningful")
     parser.add_argument("--image-format", "-f", metavar="FMT",
-                       help="format of the image PATH (qemu-img -f); also forces PATH to be "
-                            "read as an image")
+                        help="format of the image PATH (qemu-img -f; qcow2 or raw); also forces "
+                             "PATH to be read as an image")
     parser.add_argument("--domain", "-d", action="append", metavar="NAME", dest="domains", default=[],
-                       help="check every disk of this libvirt domain (repeatable): a running one "
-                            "live over QMP, a shut-off one with qemu-img, and its checkpoints")
+                        help="check every disk of this libvirt domain (repeatable): a running one "
+                             "live over QMP, a shut-off one with qemu-img, and its checkpoints")
     parser.add_argument("--all-domains", action="store_true",
-                       help="check every disk of every domain libvirt knows")
+                        help="check every disk of every domain libvirt knows")
     parser.add_argument("--disk", action="append", metavar="TARGET", dest="disks", default=[],
-                       help="with --domain: only this disk (vda...; repeatable)")
+                        help="with --domain: only this disk (vda...; repeatable)")
     parser.add_argument("--connect", "-c", metavar="URI",
-                       help="with --domain: the libvirt connection (virsh -c URI)")
+                        help="with --domain: the libvirt connection (virsh -c URI)")
+    parser.add_argument("--json", action="store_true", dest="as_json",
+                        help="read every PATH as JSON, whatever its name (default: only *.json "
+                             "and -)")
+    parser.add_argument("--max-json-size", type=_size, default=MAX_JSON, metavar="SIZE",
+                        help=f"read at most SIZE bytes of JSON per input (K, M, G suffixes; "
+                             f"default: {MAX_JSON >> 20}M)")
+    parser.add_argument("--trust-backing", action="store_true",
+                        help="let qemu-img open whatever the images name (URLs, devices, data "
+                             "files, other formats), with network; the report says so "
+                             "(README: Security)")
+    parser.add_argument("--timeout", type=float, default=qemu.TIMEOUT, metavar="SECONDS",
+                        help=f"stop a qemu-img that runs longer (default: {qemu.TIMEOUT:g}); the "
+                             f"input is reported as timed out")
     parser.add_argument("--engine", choices=("python", "jq"), default="python",
-                       help="evaluate with the Python engine (default) or run the compiled jq "
-                            "program through libjq; both give the same report")
+                        help="evaluate with the Python engine (default) or run the compiled jq "
+                             "program through libjq; both give the same report")
     _rule_options(parser)
 
 
 def _ids(text: str) -> list[str]:
     return [i for i in text.split(",") if i]
+
+
+def _size(text: str) -> int:
+    """A byte count: 1048576, 512K, 64M, 1G."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    number, unit = (text[:-1], units[text[-1].upper()]) if text[-1:].upper() in units else (text, 1)
+    if not number.isdigit():
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 64M)")
+    return int(number) * unit
 
 
 def _rule_options(parser: argparse.ArgumentParser) -> None:
@@ -189,6 +230,10 @@ def check(args: argparse.Namespace) -> int:
                              "layers are held")
     if args.jobs < 1:
         raise UsageError("--jobs must be 1 or more")
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be more than 0 seconds")
+    if args.as_json and args.image_format:
+        raise UsageError("--json and --image-format contradict each other: a PATH is one or the other")
     program = jqbackend.binding(rules) if args.engine == "jq" else None  # compiled once
     if args.domains or args.all_domains:
         return _check_domains(args, rules, program, output_format(batch=True))
@@ -196,41 +241,44 @@ def check(args: argparse.Namespace) -> int:
         raise UsageError("--disk picks disks of a --domain")
     sources = args.inputs
     if not sources:
-        if sys.stdin.isatty():
+        if sys.stdin is None or sys.stdin.isatty():
             raise UsageError("nothing to check: give an image, a JSON file, "
                              "or - to read JSON from standard input")
         sources = [STDIN]
     if sources.count(STDIN) > 1:
         raise UsageError("standard input (-) can be read only once")
     output = output_format(batch=len(sources) > 1 or output_format.named)
-    if not output.batch:
-        result = _check_one(sources[0], args, rules, program)  # errors: one line, exit 2
-        output.add(result)
-        output.end()
-        return result.code
 
-    def one(source: str) -> list[Result]:
+    def one(source: str) -> list[tuple[str, Outcome]]:
         try:
-            return [_check_one(source, args, rules, program)]
+            return [(source, _check_one(source, args, rules, program))]
+        except qemu.Stopped:
+            raise
         except KbrulesError as e:
-            return [Result(source, EXIT_ERROR, error=show(str(e)))]
+            return [(source, e)]
 
-    return _check_many(one, sources, args.jobs, output)
+    return _check_all(sources, one, args.jobs, output)
 
 
 def _check_one(source: str, args: argparse.Namespace, rules: list[Rule], program: Any) -> Result:
     """One input's result; `program` is the compiled jq program for --engine jq."""
     read = read_input(source, top=args.top, image_format=args.image_format,
-                      force_share=args.force_share)
+                      force_share=args.force_share, as_json=args.as_json,
+                      trust_backing=args.trust_backing, max_json=args.max_json_size,
+                      timeout=args.timeout)
     return _judge(read, args, rules, program)
 
 
 def _judge(read: Input, args: argparse.Namespace, rules: list[Rule], program: Any) -> Result:
-    _warn(read.warnings)
+    for warning in read.warnings:
+        say(f"qemu-img said: {warning.removeprefix('qemu-img: ')}")
+    for note in read.notes:
+        say(f"note: {note}")
     if program is not None:
         # Read and normalized as for the Python engine, so that bad input gets the same
         # one-line error; the report itself comes from jq.
         data = jqbackend.run(program, read.value, args.bitmaps, args.top, read.context)
+        data["trust_backing"] = read.chain.trust_backing  # jq reads JSON: it never opens images
         found = [f for key in ("bitmaps", "checkpoints") for b in data[key] for f in b["findings"]]
         errors = any_error(f["severity"] for f in found + data["findings"])
         return Result(read.name, EXIT_FINDINGS if errors else EXIT_OK, data)
@@ -240,51 +288,116 @@ def _judge(read: Input, args: argparse.Namespace, rules: list[Rule], program: An
 
 def _check_domains(args: argparse.Namespace, rules: list[Rule], program: Any, output: Output) -> int:
     """Every disk of each domain asked for: one result per disk, in the domains' order."""
-    if args.inputs or args.top or args.image_format or args.force_share:
+    if args.inputs or args.top or args.image_format or args.force_share or args.as_json:
         raise UsageError("--domain and --all-domains read the domains' own disks: give no PATH, "
-                         "--top, --image-format or --force-share with them")
+                         "--top, --image-format, --force-share or --json with them")
     names = libvirt.all_domains(args.connect) if args.all_domains else list(dict.fromkeys(args.domains))
 
-    def one(name: str) -> list[Result]:
+    def one(name: str) -> list[tuple[str, Outcome]]:
         try:
             disks = libvirt.read_domain(name, args.connect, args.disks or ())
+        except qemu.Stopped:
+            raise
         except KbrulesError as e:
-            return [Result(name, EXIT_ERROR, error=show(str(e)))]
-        out = []
+            return [(name, Result.failed(name, e, domain=name))]
+        out: list[tuple[str, Outcome]] = []
         for disk in disks:
             if disk.input is not None:
                 try:
-                    out.append(_judge(disk.input, args, rules, program))
+                    out.append((disk.name, _judge(disk.input, args, rules, program)))
                 except KbrulesError as e:
-                    out.append(Result(disk.name, EXIT_ERROR, error=show(str(e))))
+                    out.append((disk.name, Result.failed(disk.name, e, domain=name)))
             else:
-                out.append(Result(disk.name, EXIT_ERROR if disk.error else EXIT_OK,
-                                  error=disk.error and show(disk.error), skipped=disk.skipped))
+                out.append((disk.name, Result(disk.name, EXIT_ERROR if disk.error else EXIT_OK,
+                                              error=disk.error and show(disk.error), skipped=disk.skipped,
+                                              reason=disk.reason, domain=name)))
         return out
 
-    return _check_many(one, names, args.jobs, output)
+    return _check_all(names, one, args.jobs, output)
 
 
-def _check_many(one: Callable[[str], list[Result]], items: list[str], workers: int,
-                output: Output) -> int:
-    """Several inputs in one run: `one` checks each item (an input, or a domain's
-    disks) in a thread of its own (qemu-img and virsh are other processes, so the GIL
-    does not matter), results print in the items' order, and the exit code is the
-    worst of all. A bad input is reported and the others still run."""
-    worst = EXIT_OK
+Outcome = Union[Result, KbrulesError]
+
+
+def _check_all(items: list[str], one: Callable[[str], list[tuple[str, "Outcome"]]], jobs: int,
+               output: Output) -> int:
+    """Every item (an input, or a domain and so its disks), in worker threads (qemu-img
+    and virsh are other processes, so the GIL does not matter), `jobs` at a time;
+    results print in the items' order as soon as they are ready, and the exit status is
+    the worst of all. A bad input is reported and the others still run (with one input,
+    its error is kbrules' error: exit 2).
+
+    The main thread only waits and prints, so a signal always reaches it at once:
+    SIGINT or SIGTERM kills every qemu-img with its process group, prints the reports
+    already finished (in order), and ends kbrules with 128 + the signal."""
+    outcomes: list[Optional[list[tuple[str, Outcome]]]] = [None] * len(items)
+    pending = iter(range(len(items)))
+    ready = threading.Condition()
+    over = threading.Event()
+    runs = qemu.Runs()
+
+    def work() -> None:
+        while not over.is_set():
+            with ready:
+                index = next(pending, None)
+            if index is None:
+                return
+            try:
+                with qemu.joined(runs):
+                    found = one(items[index])
+            except qemu.Stopped:
+                return  # kbrules is stopping: this item is not finished
+            with ready:
+                outcomes[index] = found
+                ready.notify_all()
+
+    for n in range(min(jobs, len(items))):
+        threading.Thread(target=work, name=f"kbrules-check-{n}", daemon=True).start()
+    worst, shown = EXIT_OK, 0
     progress = _Progress(len(items))
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(items)))) as pool:
-        for results in pool.map(one, items):
-            progress.step()
-            for result in results:
-                worst = max(worst, result.code)
-                if result.error is not None:
-                    print(f"kbrules: {result.error}", file=sys.stderr)
-                progress.clear()
-                output.add(result)
-    progress.clear()
+    try:
+        while shown < len(items):
+            with ready:
+                while outcomes[shown] is None:
+                    ready.wait(0.2)  # a signal interrupts the wait either way
+                found = outcomes[shown]
+            assert found is not None
+            for source, outcome in found:
+                worst = max(worst, _show(source, outcome, output, progress))
+            shown += 1
+    except Interrupted as stop:
+        over.set()
+        runs.stop()
+        finished = [(s, o) for f in outcomes[shown:] if f is not None for s, o in f
+                    if output.batch or isinstance(o, Result)]
+        for source, outcome in finished:
+            _show(source, outcome, output, progress)
+        output.end()
+        say(f"interrupted by {signal.Signals(stop.signum).name}: {shown + len(finished)} of "
+            f"{len(items)} inputs checked, their reports printed; qemu-img stopped")
+        raise
+    finally:
+        over.set()
+        runs.stop()  # nothing runs any more when all is done; else (an error) it ends here
+        progress.clear()
     output.end()
     return worst
+
+
+def _show(source: str, outcome: Outcome, output: Output, progress: "_Progress") -> int:
+    """Print one input's outcome; its exit status."""
+    progress.step()
+    if isinstance(outcome, KbrulesError):
+        if not output.batch:
+            raise outcome  # the one input failed: kbrules' own error, exit 2
+        say(str(outcome))
+        outcome = Result.failed(source, outcome)
+    elif outcome.error is not None:
+        say(outcome.error)
+    progress.clear()
+    with _SIGNALS.held():  # a JSONL line or a report is written whole
+        output.add(outcome)
+    return outcome.code
 
 
 class _Progress:
@@ -292,7 +405,7 @@ class _Progress:
 
     def __init__(self, total: int) -> None:
         self.total, self.done, self.shown = total, 0, False
-        self.on = total >= 20 and sys.stderr.isatty()
+        self.on = total >= 20 and sys.stderr is not None and sys.stderr.isatty()
 
     def step(self) -> None:
         self.done += 1
@@ -304,11 +417,6 @@ class _Progress:
         if self.shown:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
             self.shown = False
-
-
-def _warn(warnings: Sequence[str]) -> None:
-    for warning in warnings:
-        print(f"kbrules: qemu-img said: {show(warning.removeprefix('qemu-img: '))}", file=sys.stderr)
 
 
 def jq_program(args: argparse.Namespace) -> int:
@@ -329,16 +437,16 @@ def test_rules(args: argparse.Namespace) -> int:
     for rule in rules:
         if rule.source != source:
             source = rule.source
-            print(source)
+            write_text(source)
         problems = [p for n, e in enumerate(rule.examples, 1) for engine in ENGINES
                     if (p := check_example(rule, e, n, engine))]
         runs += len(rule.examples) * len(ENGINES)
         failed += len(problems)
-        print(f"  {'FAIL' if problems else 'ok  '}  {rule.id}  "
-              f"({len(rule.examples)} examples x {', '.join(ENGINES)})")
+        write_text(f"  {'FAIL' if problems else 'ok  '}  {rule.id}  "
+                   f"({len(rule.examples)} examples x {', '.join(ENGINES)})")
         for problem in problems:
-            print(f"        {show(problem)}")
-    print(f"{count(len(rules), 'rule')}, {runs} runs: {runs - failed} passed, {failed} failed")
+            write_text(f"        {show(problem)}")
+    write_text(f"{count(len(rules), 'rule')}, {runs} runs: {runs - failed} passed, {failed} failed")
     return EXIT_FINDINGS if failed else EXIT_OK
 
 
@@ -365,32 +473,91 @@ def explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def check_to(args: argparse.Namespace) -> int:
+    """kbrules check, to standard output or --output FILE."""
+    with to_file(args.output):
+        return check(args)
+
+
 def plan_script(args: argparse.Namespace) -> int:
     """kbrules plan: kbrules check, printed as the repair plan's script."""
     args.format = "script"
-    return check(args)
+    return check_to(args)
 
 
-COMMANDS = {"check": check, "plan": plan_script, "jq": jq_program, "test": test_rules, "list": list_rules,
+COMMANDS = {"check": check_to, "plan": plan_script, "jq": jq_program, "test": test_rules, "list": list_rules,
             "explain": explain}
 
 
+class _Signals:
+    """SIGINT and SIGTERM become Interrupted in the main thread; while the output is
+    being written (held), the signal waits until the piece is whole."""
+
+    def __init__(self) -> None:
+        self.holding = 0
+        self.pending: Optional[int] = None
+
+    def handler(self, signum: int, frame: Any) -> None:
+        if self.holding:
+            self.pending = signum
+        else:
+            raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.holding += 1
+        try:
+            yield
+        finally:
+            self.holding -= 1
+        if not self.holding and self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def caught(self) -> Iterator[None]:
+        """Catch SIGINT and SIGTERM for the block (from the main thread only: Python
+        allows no other), then put the previous handlers back."""
+        self.holding, self.pending = 0, None
+        previous: dict[signal.Signals, Any] = {}
+        try:
+            for which in (signal.SIGINT, signal.SIGTERM):
+                previous[which] = signal.signal(which, self.handler)
+        except ValueError:  # not the main thread: the caller keeps its own handlers
+            pass
+        try:
+            yield
+        finally:
+            for which, old in previous.items():
+                signal.signal(which, old)
+
+
+_SIGNALS = _Signals()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The console script: the command's exit status, or 2 with one line on stderr
+    (bad input, a failed qemu-img, an output that cannot be written), 128 + N for
+    signal N, 141 when the reader of stdout went away. Never a traceback."""
+    if sys.stdout is None:  # started with stdout closed (>&-): nowhere to report
+        say("standard output is closed: nowhere to write a report")
+        return EXIT_ERROR
     try:
-        args = build_parser().parse_args(argv)
-        if args.command is None:
-            raise UsageError("no command given: try kbrules check PATH (see kbrules --help)")
-        return COMMANDS[args.command](args)
+        with _SIGNALS.caught():
+            args = build_parser().parse_args(argv)
+            if args.command is None:
+                raise UsageError("no command given: try kbrules check PATH (see kbrules --help)")
+            return COMMANDS[args.command](args)
     except KbrulesError as e:
         # One line whatever the input held: control characters in paths or names are escaped.
-        print(f"kbrules: {show(str(e))}", file=sys.stderr)
+        say(str(e))
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        # The reader went away (e.g. | head): not an error of ours.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_ERROR
+    except ReaderGone:
+        return EXIT_PIPE
+    except Interrupted as e:
+        return 128 + e.signum
+    except KeyboardInterrupt:  # SIGINT where kbrules could not catch it (not the main thread)
+        return 128 + int(signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -174,6 +174,7 @@ def kb_report($args):
 | kb_verdicts($F; $names) as $bitmaps
 | kb_checkpoints($F; $S.checkpoint; $bitmaps) as $points
 | { source: $chain.source,
+    trust_backing: false,
     chain: [ $chain.layers[] | {layer, filename, format, node} ],
     rules: RULE_IDS,
     bitmaps: $bitmaps,

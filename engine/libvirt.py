@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from .errors import InputError, KbrulesError, ToolError
+from .errors import InputError, KbrulesError, ToolError, ToolTimeout
 from .inputs import Input, from_image
 from .model import Checkpoint, CheckpointDisk, Context, Domain
 from .normalize import normalize, parse_json
@@ -39,7 +39,7 @@ def virsh(args: Sequence[str], connect: Optional[str] = None) -> str:
         raise ToolError("virsh not found: install it (Debian/Ubuntu: apt-get install "
                         "libvirt-clients; Fedora/RHEL: dnf install libvirt-client)") from None
     except subprocess.TimeoutExpired:
-        raise ToolError(f"virsh {args[0]}: no answer after {TIMEOUT} s") from None
+        raise ToolTimeout(f"virsh {args[0]}: no answer after {TIMEOUT} s") from None
     if done.returncode != 0:
         err = done.stderr.decode("utf-8", "replace")
         why = next((line.strip() for line in err.splitlines() if line.strip()), "(no message)")
@@ -116,6 +116,11 @@ class DiskRead:
     input: Optional[Input] = None
     skipped: Optional[str] = None  # why this disk is not checked (not an error)
     error: Optional[str] = None  # why it could not be read (exit 2)
+    reason: Optional[str] = None  # of a skip or error, in one word: SKIP_REASONS, KbrulesError.reason
+
+
+# Why a disk is not checked, in one word each (the Prometheus format's reason label).
+SKIP_REASONS = ("not_a_disk", "not_qcow2", "no_node_index", "needs_running_domain")
 
 
 def read_domain(name: str, connect: Optional[str] = None,
@@ -144,28 +149,30 @@ def read_domain(name: str, connect: Optional[str] = None,
         try:
             out.append(_read_disk(disk, where, domain, nodes))
         except KbrulesError as e:
-            out.append(DiskRead(where, error=str(e)))
+            out.append(DiskRead(where, error=str(e), reason=e.reason))
     return out
 
 
 def _read_disk(disk: Disk, where: str, domain: Domain, nodes: Any) -> DiskRead:
     if disk.device != "disk":
-        return DiskRead(where, skipped=f"a {disk.device}, not a disk")
+        return DiskRead(where, skipped=f"a {disk.device}, not a disk", reason="not_a_disk")
     if disk.format != "qcow2":
-        return DiskRead(where, skipped=f"a {disk.format or 'unknown'} image: only qcow2 holds bitmaps")
+        return DiskRead(where, skipped=f"a {disk.format or 'unknown'} image: only qcow2 holds bitmaps",
+                        reason="not_qcow2")
     if nodes is not None:
         if not disk.indices:
             return DiskRead(where, skipped="the domain's XML gives no node index for it "
-                                           "(libvirt before 5.10?): check it with QMP data and --top")
+                                           "(libvirt before 5.10?): check it with QMP data and --top",
+                            reason="no_node_index")
         context = Context(domain, tuple(f"libvirt-{i}-format" for i in disk.indices))
-        return DiskRead(where, Input(where, nodes, normalize(nodes, where, context=context), (), context))
+        return DiskRead(where, Input(where, nodes, normalize(nodes, where, context=context), context=context))
     if disk.type not in ("file", "block") or disk.path is None:
         return DiskRead(where, skipped=f"a {disk.type} disk: kbrules reads it only from the "
-                                       f"running domain, over QMP")
+                                       f"running domain, over QMP", reason="needs_running_domain")
     read = from_image(disk.path, "qcow2")
     context = Context(domain, read_locked=True)
     chain = normalize(read.value, disk.path, context=context)
-    return DiskRead(where, Input(where, read.value, chain, read.warnings, context))
+    return DiskRead(where, Input(where, read.value, chain, read.warnings, read.notes, context))
 
 
 def all_domains(connect: Optional[str] = None) -> list[str]:

@@ -281,12 +281,25 @@ def _read(path: Path) -> tuple[tuple[str, int, int], _File]:
     except UnicodeDecodeError as e:
         raise RulesError(f"{path}: not UTF-8 text (byte {e.start})") from None
     entry = cache.read(content)
-    cached = entry is not None
-    if entry is None:
+    rules = _from_cache(path, entry)
+    if entry is not None and rules is not None:
+        _FILES[key] = _File(rules, content, entry, cached=True)
+    else:
         data, lines = _parse(path, text)
-        entry = {"data": data, "lines": lines}
-    _FILES[key] = _File(tuple(_build(path, entry["data"], entry["lines"])), content, entry, cached)
+        _FILES[key] = _File(tuple(_build(path, data, lines)), content, {"data": data, "lines": lines},
+                            cached=False)
     return key, _FILES[key]
+
+
+def _from_cache(path: Path, entry: Optional[dict[str, Any]]) -> Optional[tuple[Rule, ...]]:
+    """The rules of a cache entry; None when there is none, or when it does not build
+    (an entry this kbrules did not write: ignored, never trusted)."""
+    if entry is None:
+        return None
+    try:
+        return tuple(_build(path, entry["data"], entry["lines"]))
+    except Exception:
+        return None
 
 
 def _check_examples(found: _File) -> None:

@@ -105,6 +105,8 @@ class Chain:
     layers: tuple[Layer, ...]
     # False when the last layer names a backing file that is not in the input.
     complete: bool
+    # Read from images with --trust-backing: qemu-img followed what they name, unchecked.
+    trust_backing: bool = False
     domain: Optional[Domain] = None
     # kbrules ran qemu-img on the image itself, with its locks: no other program had
     # it open read-write, so its in-use flags are the truth.

@@ -1,20 +1,60 @@
-"""Running qemu-img: the one place kbrules starts another program."""
+"""Running qemu-img: the one place kbrules starts another program, and the walls it
+runs inside, as OpenStack Nova runs ``qemu-img info`` on images it does not trust:
+
+- resource limits, set in the child before qemu-img starts: CPU time, address space
+  and file size (``LIMITS``: 30 s, 1 GiB, no file written), no core dump;
+- its own process group, killed whole on a timeout, or when kbrules is interrupted
+  (``Runs.stop``);
+- no network: a network namespace of its own (``unshare --net``, or a user namespace
+  with one for a user that is not root), where the platform allows it; otherwise the
+  limits still hold;
+- no terminal: standard input is /dev/null.
+
+What qemu-img may open at all is decided before it runs (engine/inspect.py).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import resource
+import shutil
+import signal
 import subprocess
+import threading
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
-from .errors import InputError, ToolError
+from .errors import InputError, KbrulesError, ToolError, ToolTimeout
 
-TIMEOUT = 120  # seconds; qemu-img reads 2000 layers in about 1 s
+TIMEOUT = 120.0  # seconds of wall-clock time; qemu-img reads 2000 layers in about 1 s
 LOCKED = 'Failed to get shared "write" lock'
+QUOTE = 160  # characters of qemu-img's stderr quoted in a message, at most
+
+
+@dataclass(frozen=True)
+class Limits:
+    cpu: int = 30  # seconds of CPU time (SIGXCPU, then SIGKILL a second later)
+    memory: int = 1 << 30  # bytes of address space
+    file_size: int = 0  # bytes: qemu-img info writes no file
+
+
+LIMITS = Limits()
 
 
 class ImageInUse(InputError):
     """The image is open read-write in a running VM or qemu-nbd."""
+
+    reason = "image_in_use"
+
+
+class TimedOut(ToolTimeout):
+    """qemu-img did not finish in time, and was killed with its process group."""
+
+
+class Stopped(KbrulesError):
+    """kbrules is stopping (a signal): qemu-img was killed, or not started."""
 
 
 @dataclass(frozen=True)
@@ -24,46 +64,184 @@ class Ran:
     returncode: int
 
 
-def _run(argv: list[str]) -> Ran:
+class Runs:
+    """The qemu-img processes of one command, started by any of its threads:
+    stop() kills each with its process group, and no new one starts after it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen[bytes]] = set()
+        self._stopped = False
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            for proc in self._running:
+                _kill(proc)
+
+    def _started(self, proc: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._running.add(proc)
+            if self._stopped:  # stop() ran while this one was starting
+                _kill(proc)
+
+    def _ended(self, proc: subprocess.Popen[bytes], label: str) -> None:
+        with self._lock:
+            self._running.discard(proc)
+            if self._stopped:
+                raise Stopped(f"{label}: not checked: kbrules is stopping")
+
+    def _check(self, label: str) -> None:
+        with self._lock:
+            if self._stopped:
+                raise Stopped(f"{label}: not checked: kbrules is stopping")
+
+
+_local = threading.local()
+_ANY = Runs()  # runs outside of a command (the Python API): never stopped
+
+
+@contextlib.contextmanager
+def joined(runs: Runs) -> Iterator[None]:
+    """Count the qemu-img runs of this thread, for the block, among `runs`."""
+    previous = getattr(_local, "runs", None)
+    _local.runs = runs
     try:
-        done = subprocess.run(argv, capture_output=True, timeout=TIMEOUT, check=False,
-                              env={**os.environ, "LC_ALL": "C"})
-    except FileNotFoundError:
-        raise ToolError("qemu-img not found: install it (Debian/Ubuntu: apt-get install "
-                        "qemu-utils; Fedora/RHEL: dnf install qemu-img)") from None
-    except subprocess.TimeoutExpired:
-        raise ToolError(f"{' '.join(argv)}: no answer after {TIMEOUT} s") from None
-    return Ran(done.stdout, done.stderr.decode("utf-8", "replace"), done.returncode)
+        yield
+    finally:
+        _local.runs = previous
 
 
-def _one_line(stderr: str) -> str:
-    return " / ".join(line.strip() for line in stderr.splitlines() if line.strip()) or "(no message)"
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.returncode is None:  # not reaped: its pid is still its own
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _limiter(limits: Limits) -> Callable[[], None]:
+    """The function the child runs before exec: setrlimit only, on values computed
+    here (nothing that allocates or locks runs between fork and exec)."""
+    wanted = [(resource.RLIMIT_CPU, limits.cpu, limits.cpu + 1),
+              (resource.RLIMIT_AS, limits.memory, limits.memory),
+              (resource.RLIMIT_FSIZE, limits.file_size, limits.file_size),
+              (resource.RLIMIT_CORE, 0, 0)]
+    pairs = []
+    for which, soft, hard in wanted:
+        current = resource.getrlimit(which)[1]  # a limit can be lowered, never raised
+        if current != resource.RLIM_INFINITY:
+            soft, hard = min(soft, current), min(hard, current)
+        pairs.append((which, (soft, hard)))
+
+    def apply() -> None:
+        for which, values in pairs:
+            resource.setrlimit(which, values)
+    return apply
+
+
+@functools.lru_cache(maxsize=1)
+def no_network() -> tuple[str, ...]:
+    """The command prefix that runs a program without network, or () where this
+    platform allows none (no unshare, no namespaces for this user)."""
+    for prefix in (("unshare", "--net", "--"), ("unshare", "--user", "--map-root-user", "--net", "--")):
+        try:
+            done = subprocess.run([*prefix, "true"], stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=10, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return ()
+        if done.returncode == 0:
+            return prefix
+    return ()
+
+
+def run(argv: list[str], label: str, timeout: float = TIMEOUT, network: bool = False,
+        limits: Limits = LIMITS) -> Ran:
+    """Run a program (qemu-img) contained; `label` names the input in messages."""
+    if shutil.which(argv[0]) is None:
+        raise ToolError(f"{argv[0]} not found: install it (Debian/Ubuntu: apt-get install "
+                        f"qemu-utils; Fedora/RHEL: dnf install qemu-img)")
+    wrapped = argv if network else [*no_network(), *argv]
+    runs: Runs = getattr(_local, "runs", None) or _ANY
+    runs._check(label)
+    # MALLOC_ARENA_MAX: glibc reserves 64 MiB of address space per thread for malloc;
+    # qemu-img's thread pool would then reach the address-space limit without using
+    # the memory (seen: 300 snapshots read with -U), and the limit would mean nothing.
+    env = {**os.environ, "LC_ALL": "C", "MALLOC_ARENA_MAX": "2"}
+    try:
+        proc = subprocess.Popen(wrapped, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True,
+                                preexec_fn=_limiter(limits), env=env)
+    except (OSError, subprocess.SubprocessError) as e:  # no fork, or the limits failed
+        raise ToolError(f"{label}: cannot start {argv[0]}: {getattr(e, 'strerror', None) or e}") from None
+    runs._started(proc)
+    try:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            proc.communicate()
+            raise TimedOut(f"{label}: qemu-img did not finish within {timeout:g} s and was "
+                           f"stopped (a hung file system, or a backing file that never "
+                           f"answers)") from None
+        except BaseException:  # interrupted: the child goes with kbrules
+            _kill(proc)
+            proc.communicate()
+            raise
+    finally:
+        runs._ended(proc, label)
+    return Ran(out, err.decode("utf-8", "replace"), proc.returncode)
+
+
+def first_line(stderr: str) -> str:
+    """The first line qemu-img wrote, shortened: never more of its stderr than that."""
+    line = next((line.strip() for line in stderr.splitlines() if line.strip()), "(no message)")
+    return line if len(line) <= QUOTE else line[:QUOTE - 1] + "…"
+
+
+def _failure(label: str, ran: Ran, limits: Limits) -> ToolError:
+    """One line saying why qemu-img failed: its exit status or the signal that ended
+    it (a resource limit, most likely), and its first line of stderr."""
+    if ran.returncode >= 0:
+        short = any(sign in ran.stderr for sign in ("Cannot allocate memory", "Resource temporarily unavailable"))
+        limit = f" (at its memory limit of {limits.memory >> 20} MiB?)" if short else ""
+        return ToolError(f"{label}: qemu-img info failed (exit {ran.returncode}){limit}: {first_line(ran.stderr)}")
+    number = -ran.returncode
+    why = {int(signal.SIGXCPU): f"used up its CPU time limit ({limits.cpu} s)",
+           int(signal.SIGXFSZ): "tried to write a file, which kbrules does not allow",
+           int(signal.SIGKILL): "was killed"}.get(
+        number, f"crashed, perhaps at its memory limit ({limits.memory >> 20} MiB)")
+    name = signal.Signals(number).name if number in signal.valid_signals() else f"signal {number}"
+    said = f": {first_line(ran.stderr)}" if ran.stderr.strip() else ""
+    return ToolError(f"{label}: qemu-img {why} ({name}){said}")
 
 
 def _info_argv(path: str, image_format: Optional[str], force_share: bool, chain: bool) -> list[str]:
     return (["qemu-img", "info", "--output=json"] + (["--backing-chain"] if chain else [])
             + (["-U"] if force_share else []) + (["-f", image_format] if image_format else [])
-            + [path])
+            + ["--", path])  # a name (a guest's, for a backing file) is never an option
 
 
-def info(path: str, image_format: Optional[str] = None,
-         force_share: bool = False) -> tuple[bytes, list[str]]:
-    """qemu-img info --output=json --backing-chain of an image on disk: its JSON text,
-    and qemu-img's warnings (stderr of a run that succeeded)."""
-    ran = _run(_info_argv(path, image_format, force_share, chain=True))
+def info(path: str, image_format: Optional[str] = None, force_share: bool = False, *,
+         chain: bool = True, label: Optional[str] = None, network: bool = False,
+         timeout: float = TIMEOUT, limits: Limits = LIMITS) -> tuple[bytes, list[str]]:
+    """qemu-img info --output=json [--backing-chain] of an image on disk: its JSON
+    text, and qemu-img's warning (the first line of stderr of a run that succeeded)."""
+    label = label or path
+    ran = run(_info_argv(path, image_format, force_share, chain), label, timeout, network, limits)
     if ran.returncode != 0:
         if LOCKED in ran.stderr:
             raise ImageInUse(
-                f"{path}: the image is in use (a running VM or qemu-nbd holds it open "
+                f"{label}: the image is in use (a running VM or qemu-nbd holds it open "
                 f"read-write), so its bitmaps cannot be judged offline; check the live VM: "
                 f"virsh qemu-monitor-command DOMAIN '{{\"execute\":\"query-named-block-nodes\","
                 f"\"arguments\":{{\"flat\":true}}}}' | kbrules check -  (or add --force-share "
                 f"to read it anyway; its in-use flags then mean nothing)")
-        raise ToolError(f"{path}: qemu-img info failed (exit {ran.returncode}): {_one_line(ran.stderr)}")
-    return ran.stdout, [line.strip() for line in ran.stderr.splitlines() if line.strip()]
+        raise _failure(label, ran, limits)
+    return ran.stdout, [first_line(ran.stderr)] if ran.stderr.strip() else []
 
 
-def held_rw(filename: str, fmt: str) -> bool:
+def held_rw(filename: str, fmt: str, timeout: float = TIMEOUT) -> bool:
     """Whether another program may hold this one layer open read-write: a plain
     (locking) read of that layer alone fails. Any failure counts as 'may'."""
-    return _run(_info_argv(filename, fmt, force_share=False, chain=False)).returncode != 0
+    return run(_info_argv(filename, fmt, force_share=False, chain=False), filename, timeout).returncode != 0

@@ -27,6 +27,7 @@ def _finding(f: Finding) -> dict[str, Any]:
 def to_dict(report: Report) -> dict[str, Any]:
     return {
         "source": report.chain.source,
+        "trust_backing": report.chain.trust_backing,
         "chain": [{"layer": l.layer, "filename": l.filename, "format": l.format, "node": l.node}
                   for l in report.chain.layers],
         "rules": list(report.rules),

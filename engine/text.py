@@ -4,9 +4,24 @@ counts. A leaf module: it imports nothing of kbrules, so any layer may use it.""
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 import unicodedata
 from typing import Any
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def fs_text(text: str) -> str:
+    """A name from the command line or the file system as valid Unicode: each byte that
+    is not part of valid UTF-8 (Python holds it as a lone surrogate, U+DC80-U+DCFF) is
+    written as the four characters \\xHH, as Python's backslashreplace writes it."""
+    return _SURROGATES.sub(_escaped, text) if _SURROGATES.search(text) else text
 
 
 # Control characters, invisible format characters (zero-width spaces, bidi
@@ -16,8 +31,10 @@ _HIDDEN = ("Cc", "Cf", "Cs")
 
 
 def show(text: str, width: int = 0) -> str:
-    """Text safe for a terminal or a page: control and format characters escaped
-    (\\n, \\u202e), optionally shortened to `width` characters with an ellipsis."""
+    """Text safe for a terminal or a page: bytes that are not UTF-8 as \\xHH, control
+    and format characters escaped (\\n, \\u202e), optionally shortened to `width`
+    characters with an ellipsis."""
+    text = fs_text(text)
     if any(unicodedata.category(c) in _HIDDEN for c in text):
         text = "".join(json.dumps(c)[1:-1] if unicodedata.category(c) in _HIDDEN else c for c in text)
     return text if not width or len(text) <= width else text[: width - 1] + "…"

@@ -226,6 +226,7 @@ def kb_report($args):
 | kb_verdicts($F; $names) as $bitmaps
 | kb_checkpoints($F; $S.checkpoint; $bitmaps) as $points
 | { source: $chain.source,
+    trust_backing: false,
     chain: [ $chain.layers[] | {layer, filename, format, node} ],
     rules: ["bitmap-has-checkpoint", "checkpoint-covers-disk", "checkpoint-covers-a-disk", "checkpoint-disks-exist"],
     bitmaps: $bitmaps,

@@ -254,6 +254,7 @@ def kb_report($args):
 | kb_verdicts($F; $names) as $bitmaps
 | kb_checkpoints($F; $S.checkpoint; $bitmaps) as $points
 | { source: $chain.source,
+    trust_backing: false,
     chain: [ $chain.layers[] | {layer, filename, format, node} ],
     rules: ["image-corrupt", "image-dirty", "backing-format-probed", "bitmap-granularity-mismatch", "bitmap-busy", "bitmap-name-invalid", "layer-cannot-hold-bitmaps", "top-bitmaps-in-use"],
     bitmaps: $bitmaps,

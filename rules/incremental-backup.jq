@@ -262,6 +262,7 @@ def kb_report($args):
 | kb_verdicts($F; $names) as $bitmaps
 | kb_checkpoints($F; $S.checkpoint; $bitmaps) as $points
 | { source: $chain.source,
+    trust_backing: false,
     chain: [ $chain.layers[] | {layer, filename, format, node} ],
     rules: ["bitmap-exists", "bitmap-in-top", "bitmap-contiguous", "bitmap-consistent", "bitmap-recording", "bitmap-persistent", "chain-complete"],
     bitmaps: $bitmaps,

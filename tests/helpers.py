@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import socket
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
+from engine import inspect, qemu
 from engine.cli import main
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -74,9 +77,49 @@ def make_chain(directory: Path, layers: Sequence[Mapping[str, str]],
                 qemu_img("bitmap", "--add", "--disable", "--", path.name, name, cwd=directory)
             else:
                 assert state in ("in-use", "disabled-in-use"), state
-        paths.append(path)
+        paths.append(agrees_with_qemu(path))
         below = (path, real)
     return paths[::-1]
+
+
+def agrees_with_qemu(path: Path) -> Path:
+    """`path`, once kbrules' own reading of its header (engine/inspect.py) is found to
+    be qemu-img's: the probed format and, for qcow2, the backing file and its format,
+    the data file, the version, the feature flags qemu-img shows, the counts of bitmaps
+    and snapshots. qemu-img runs contained (limits, no network) and opens this one
+    image only (info without --backing-chain never opens a backing file)."""
+    ran = qemu.run(["qemu-img", "info", "--output=json", "-U", str(path)], str(path))
+    assert ran.returncode == 0, ran.stderr
+    info = json.loads(ran.stdout)
+    head = path.read_bytes()[:4096]
+    assert info["format"] == inspect.probe(head, str(path)), (path, info["format"])
+    if info["format"] != "qcow2":
+        return path
+    header = inspect.parse_qcow2(path.read_bytes()[:inspect.qcow2_size(head)])
+    data = info["format-specific"]["data"]
+    found = {
+        "backing": header.backing.decode("utf-8", "replace") if header.backing else None,
+        "backing format": header.backing_format,
+        "data file": header.data_file.decode("utf-8", "replace") if header.data_file else None,
+        "compat": {2: "0.10", 3: "1.1"}[header.version],
+        "bitmaps": header.bitmaps,
+        "snapshots": header.snapshots,
+    }
+    said = {
+        "backing": info.get("backing-filename"),
+        "backing format": info.get("backing-filename-format"),
+        "data file": data.get("data-file"),
+        "compat": data["compat"],
+        "bitmaps": len(data.get("bitmaps", [])),
+        "snapshots": len(info.get("snapshots", [])),
+    }
+    # Feature flags, where this qemu-img shows them (versions differ for v2 images).
+    for key, bits, mask in (("lazy-refcounts", header.compatible, 1), ("corrupt", header.incompatible, 2),
+                            ("extended-l2", header.incompatible, 16)):
+        if key in data:
+            found[key], said[key] = bool(bits & mask), data[key]
+    assert found == said, (path, found, said)
+    return path
 
 
 def info_text(top: Path, backing_chain: bool = True) -> str:
@@ -132,3 +175,65 @@ def verdicts(run: Run) -> dict[str, tuple[bool, list[tuple[str, int]]]]:
     """name -> (valid, [(rule, layer), ...]) from a JSON report."""
     return {b["name"]: (b["valid"], [(f["rule"], f["layer"]) for f in b["findings"]])
             for b in run.json()["bitmaps"]}
+
+
+class Listener:
+    """A TCP listener on 127.0.0.1 that accepts connections, counts them and never
+    answers (a stand-in for an nbd, http, ssh... server an image names). A context
+    manager: closed, with every connection, at the end of the block."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.05)  # accept() wakes up to see the end of the block
+        self.port = self.server.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while not self.done.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:  # a timeout: look again
+                continue
+            self.accepted.append(conn)
+
+    def __enter__(self) -> "Listener":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+        self.server.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+KBRULES = Path(sys.executable).parent / "kbrules"  # the console script of this venv
+
+
+def processes_with(*needles: str) -> list[int]:
+    """PIDs of live processes whose command line holds every needle (such as a test's
+    own temporary directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                cmdline = (entry / "cmdline").read_bytes()
+                stat = (entry / "stat").read_text()
+                if all(n.encode() in cmdline for n in needles) and stat.split(") ", 1)[1][:1] != "Z":
+                    found.append(int(entry.name))
+    return found
+
+
+@contextlib.contextmanager
+def fifo(path: Path) -> Iterator[Path]:
+    """A FIFO no one writes to: opening it for reading blocks forever."""
+    import os
+
+    os.mkfifo(path)
+    try:
+        yield path
+    finally:
+        path.unlink()

@@ -26,7 +26,8 @@ HARNESS = ROOT / "docs" / "conftest.py"
 RULE_FILES = sorted((ROOT / "rules").glob("*.yaml"))
 ARTICLE_FILES = sorted(ARTICLES.glob("*.rst"))
 CONTRIBUTING = ROOT / "docs" / "contributing.rst"
-LIVE_PAGES = [*ARTICLE_FILES, CONTRIBUTING]  # every page whose sessions run as tests
+MONITORING = ROOT / "docs" / "monitoring.rst"
+LIVE_PAGES = [*ARTICLE_FILES, CONTRIBUTING, MONITORING]  # every page whose sessions run as tests
 
 
 def _harness() -> ModuleType:

@@ -27,8 +27,8 @@ RULES = load_rules()
 
 # ------------------------------------------------------------------ the contract
 
-REPORT_KEYS = {"source", "chain", "rules", "bitmaps", "findings", "domain", "checkpoints",
-               "newest_usable_checkpoint"}
+REPORT_KEYS = {"source", "trust_backing", "chain", "rules", "bitmaps", "findings", "domain",
+               "checkpoints", "newest_usable_checkpoint"}
 CHAIN_KEYS = {"layer", "filename", "format", "node"}
 VERDICT_KEYS = {"name", "valid", "findings"}
 FINDING_KEYS = {"rule", "severity", "layer", "filename", "message", "remediation", "caveat"}
