@@ -62,9 +62,9 @@ examples:
 PLAN_EPILOG = """\
 examples:
   kbrules plan top.qcow2 > plan.sh && less plan.sh && sh plan.sh
-  kbrules plan --domain vm1              (libvirt's commands: virsh checkpoint-delete...)
+  kbrules plan --domain vm1   (libvirt's own commands: virsh checkpoint-delete...)
 
-exit status: as kbrules check (0: nothing to repair, 1: the script has steps, 2: broken)."""
+exit status: as kbrules check: 0 nothing to repair, 1 the script has steps, 2 broken."""
 
 
 JQ_EPILOG = """\

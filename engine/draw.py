@@ -247,7 +247,7 @@ def report_text(report: Report, style: Style = PLAIN) -> str:
             out += finding_lines(f, about, style)
     steps = plan(report)
     if steps:
-        out += ["", "what to do, in this order (kbrules plan prints it as a script):"]
+        out += ["", *_wrap("what to do, in this order (as a script: kbrules plan):", "", "  ", style.width)]
         out += plan_lines(steps, style)
     valid = sum(v.valid for v in report.bitmaps)
     summary = f"{count(len(report.bitmaps), 'bitmap')} checked: {valid} valid, {len(report.bitmaps) - valid} not valid"
@@ -300,6 +300,9 @@ def plan_lines(steps: Sequence[Step], style: Style = PLAIN) -> list[str]:
     return out
 
 
+SCRIPT_WIDTH = 84  # comment text: "# " and 84 characters fit a terminal and the docs' code box
+
+
 def script(results: Sequence[tuple[str, Union[Report, str]]], directory: str, version: str) -> str:
     """The plan as a POSIX shell script that a person reads, then runs: commented per
     input and per bitmap, stopping at the first command that fails. Comments hold only
@@ -316,7 +319,7 @@ def script(results: Sequence[tuple[str, Union[Report, str]]], directory: str, ve
         if isinstance(report, str):
             out.append(f"# not checked: {show(report)}")
             continue
-        out += [f"# {line}" for line in _wrap(overall(report), "", "  ", 86)]
+        out += [f"# {line}" for line in _wrap(overall(report), "", "  ", SCRIPT_WIDTH)]
         steps = plan(report)
         if not steps:
             out.append("# nothing to repair")
@@ -326,7 +329,7 @@ def script(results: Sequence[tuple[str, Union[Report, str]]], directory: str, ve
             if about != group:
                 group = about
                 out += ["", f"# layer {step.layer}" if step.bitmap is None else f"# bitmap {_name(step.bitmap)}"]
-            out += [f"# {line}" for line in textwrap.wrap(show(step.say), 86, break_long_words=False,
+            out += [f"# {line}" for line in textwrap.wrap(show(step.say), SCRIPT_WIDTH, break_long_words=False,
                                                           break_on_hyphens=False)]
             if step.command is not None and step.command not in seen:
                 seen.add(step.command)
