@@ -76,6 +76,7 @@ class Domain:
     running: bool  # read live over QMP; else offline, by qemu-img
     disks: tuple[str, ...]  # every disk target the domain has now
     checkpoints: tuple[Checkpoint, ...]  # oldest first
+    connect: Optional[str] = None  # the libvirt URI it was read through (virsh -c), if not the default
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,11 @@ Pure: a Report in, steps out.
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from .model import Chain, Layer, Report, Verdict
+from .model import Chain, Domain, Layer, Report, Verdict
 from .text import sh_quote
 
 # Rule ids the plan reads; the rules themselves are in rules/*.yaml.
@@ -151,15 +152,15 @@ def _libvirt_steps(chain: Chain, name: str, holders: Sequence[Layer]) -> list[St
         if checkpoint:
             metadata = () if holders else ("--metadata",)
             steps.append(Step(name, None, f"Delete checkpoint {_q(name)}: libvirt removes every copy of "
-                                          f"its bitmap.", ("virsh", "checkpoint-delete", *metadata, "--",
-                                                           domain.name, name)))
+                                          f"its bitmap.", _virsh(domain, "checkpoint-delete", *metadata, "--",
+                                                                 domain.name, name)))
         else:
             for h in holders:
                 if h.layer == 0 and h.node is not None:
                     qmp = json.dumps({"execute": "block-dirty-bitmap-remove",
                                       "arguments": {"node": h.node, "name": name}})
                     steps.append(Step(name, 0, f"Remove bitmap {_q(name)} from the top node ({h.node}).",
-                                      ("virsh", "qemu-monitor-command", "--", domain.name, qmp)))
+                                      _virsh(domain, "qemu-monitor-command", "--", domain.name, qmp)))
                 else:
                     steps.append(Step(name, h.layer, f"With the domain shut off, remove bitmap {_q(name)} "
                                                      f"from layer {h.layer} (QEMU refuses to change a read-only "
@@ -170,12 +171,18 @@ def _libvirt_steps(chain: Chain, name: str, holders: Sequence[Layer]) -> list[St
         if checkpoint:
             steps.append(Step(name, None, f"Delete the record of checkpoint {_q(name)} (libvirt deletes only "
                                           f"the record of a shut-off domain's checkpoint).",
-                              ("virsh", "checkpoint-delete", "--metadata", "--", domain.name, name)))
-    steps.append(Step(name, None, f"Then take a full backup with a new checkpoint: virsh backup-begin "
+                              _virsh(domain, "checkpoint-delete", "--metadata", "--", domain.name, name)))
+    steps.append(Step(name, None, f"Then take a full backup with a new checkpoint: "
+                                  f"{shlex.join(_virsh(domain, 'backup-begin'))} "
                                   f"{sh_quote(domain.name)} BACKUP.xml CHECKPOINT.xml, where "
                                   f"CHECKPOINT.xml is <domaincheckpoint><name>NAME</name></domaincheckpoint>"
                                   f"{' (start the domain first)' if not domain.running else ''}."))
     return steps
+
+
+def _virsh(domain: Domain, *args: str) -> tuple[str, ...]:
+    """A virsh command through the connection the domain was read with."""
+    return ("virsh", *(("-c", domain.connect) if domain.connect else ()), *args)
 
 
 def _qmp_steps(chain: Chain, name: str, holders: Sequence[Layer]) -> list[Step]:
