@@ -208,7 +208,7 @@ def kb_report($args):
         filename: $c.filename, message: ($c | "no layer holds a bitmap '" + (.["name"] | tostring) + "'; the chain holds, most alike first: " + (.["alike"] | tostring)),
         remediation: ($c | "Check the name: a bitmap that is not there cannot serve a backup, and nothing needs repairing."), caveat: null,
         si: 0, ri: 0, name: .name, group: "bitmap" } ),
-    ( $S["bitmap"][] | select(([(.["first_layer"] == 0), (([(.["copies"] > 0), (.["has_checkpoint"] == true), (.["chain_complete"] | not)] | any) | not)] | any) | kb_truthy | not)
+    ( $S["bitmap"][] | select((.["first_layer"] == 0) | kb_truthy | not)
     | (0) as $at | kb_context($chain; $at) as $c
     | { rule: "bitmap-in-top", severity: "error", layer: $at,
         filename: $c.filename, message: ($c | "bitmap '" + (.["name"] | tostring) + "' is not in the top image " + (.["filename"] | tostring)),
