@@ -373,3 +373,18 @@ def test_plan_repairs_a_shut_off_domain(domains: Callable[..., Domain], workdir:
     assert f"virsh -c {libvirtd.URI} checkpoint-delete --metadata -- {vm.name} c2" in script
     vm.start()
     assert_repaired(vm, "c1", "c2")
+
+
+def test_plan_repairs_a_checkpoint_across_a_snapshot(domains: Callable[..., Domain], workdir: Path) -> None:
+    # libvirt copies a checkpoint's bitmap into the overlay of a snapshot: the broken
+    # bitmap then has copies in two layers, the lower one read-only in QEMU.
+    vm = domains(vda=["base.qcow2"])
+    vm.start()
+    vm.checkpoint("c1")
+    libvirtd.virsh("snapshot-create-as", vm.name, "--disk-only", "--no-metadata",
+                   "--diskspec", f"vda,file={workdir}/overlay.qcow2")
+    vm.checkpoint("c2")
+    top = kbrules_report(vm)[0]["chain"][0]["node"]
+    vm.qmp("block-dirty-bitmap-disable", node=top, name="c1")
+    run_plan(vm, workdir)
+    assert_repaired(vm, "c2", "c1")
