@@ -4,16 +4,14 @@ calls is pure, but for engine.qemu (which runs qemu-img)."""
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
-from . import __version__, jqbackend, libvirt
 from .errors import KbrulesError, UsageError
 from .evaluate import evaluate
-from .examples import ENGINES, check_example
 from .formats import FORMATS, Output, Result, write_text
 from .inputs import STDIN, Input, read_input
 from .loader import load_rules
@@ -71,13 +69,24 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
+class _Version(argparse.Action):
+    """--version, looked up only when asked (see engine/__init__.py)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: Optional[str] = None) -> NoReturn:
+        from . import __version__
+
+        print(f"kbrules {__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; the docs' CLI reference is generated from it."""
     top = _Parser(prog="kbrules", description=DESCRIPTION,
                   formatter_class=argparse.RawDescriptionHelpFormatter,
                   epilog="commands:\n  kbrules check --help    the checker's inputs and options\n"
                          "  kbrules jq --help       the same checks as a jq program\n\n" + EXIT_STATUS)
-    top.add_argument("--version", action="version", version=f"kbrules {__version__}")
+    top.add_argument("--version", action=_Version, nargs=0, help="show program's version number and exit")
     sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     check = sub.add_parser(
         "check", help="check a chain's bitmaps", description=DESCRIPTION, epilog=CHECK_EPILOG,
@@ -166,7 +175,11 @@ def check(args: argparse.Namespace) -> int:
                              "layers are held")
     if args.jobs < 1:
         raise UsageError("--jobs must be 1 or more")
-    program = jqbackend.binding(rules) if args.engine == "jq" else None  # compiled once
+    program = None
+    if args.engine == "jq":
+        from . import jqbackend  # only --engine jq needs the jq program and its binding
+
+        program = jqbackend.binding(rules)  # compiled once
     if args.domains or args.all_domains:
         return _check_domains(args, rules, program, output_format(batch=True))
     if args.disks:
@@ -206,6 +219,8 @@ def _judge(read: Input, args: argparse.Namespace, rules: list[Rule], program: An
     if program is not None:
         # Read and normalized as for the Python engine, so that bad input gets the same
         # one-line error; the report itself comes from jq.
+        from . import jqbackend  # imported by check() already: --engine jq
+
         data = jqbackend.run(program, read.value, args.bitmaps, args.top, read.context)
         found = [f for key in ("bitmaps", "checkpoints") for b in data[key] for f in b["findings"]]
         errors = any_error(f["severity"] for f in found + data["findings"])
@@ -219,6 +234,8 @@ def _check_domains(args: argparse.Namespace, rules: list[Rule], program: Any, ou
     if args.inputs or args.top or args.image_format or args.force_share:
         raise UsageError("--domain and --all-domains read the domains' own disks: give no PATH, "
                          "--top, --image-format or --force-share with them")
+    from . import libvirt  # virsh, XML and threads: only --domain needs them
+
     names = libvirt.all_domains(args.connect) if args.all_domains else list(dict.fromkeys(args.domains))
 
     def one(name: str) -> list[Result]:
@@ -247,6 +264,8 @@ def _check_many(one: Callable[[str], list[Result]], items: list[str], workers: i
     disks) in a thread of its own (qemu-img and virsh are other processes, so the GIL
     does not matter), results print in the items' order, and the exit code is the
     worst of all. A bad input is reported and the others still run."""
+    from concurrent.futures import ThreadPoolExecutor  # only several inputs need threads
+
     worst = EXIT_OK
     progress = _Progress(len(items))
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(items)))) as pool:
@@ -288,6 +307,8 @@ def _warn(warnings: Sequence[str]) -> None:
 
 
 def jq_program(args: argparse.Namespace) -> int:
+    from . import jqbackend  # only this command and --engine jq need it
+
     rules = _rules(args)
     if args.rules and len(args.rules) == 1 and not (args.select or args.ignore):
         # Exactly the committed rules/<article>.jq, header included.
@@ -299,6 +320,8 @@ def jq_program(args: argparse.Namespace) -> int:
 
 def test_rules(args: argparse.Namespace) -> int:
     """kbrules test: every example of every rule, in both engines."""
+    from .examples import ENGINES, check_example  # only this command runs examples here
+
     rules = load_rules(args.files or None, examples=False)  # they are what is tested
     runs = failed = 0
     source = None
@@ -339,6 +362,11 @@ COMMANDS = {"check": check, "jq": jq_program, "test": test_rules, "list": list_r
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # The input, maybe a large JSON document, lives until the end, and kbrules makes no
+    # reference cycles worth collecting: the cyclic collector would only walk the input
+    # again and again (a fifth of a big check's time). Reference counting frees the rest.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
@@ -354,6 +382,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # The reader went away (e.g. | head): not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
+    finally:
+        if collecting:
+            gc.enable()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Optional
 
-from . import qemu
 from .errors import InputError, UsageError
 from .model import Chain, Context
 from .normalize import UTF16_BOMS, normalize, parse_json
@@ -46,6 +45,8 @@ def from_bytes(data: bytes, name: str, top: Optional[str] = None) -> Input:
 def from_image(path: str, image_format: Optional[str] = None, force_share: bool = False) -> Input:
     """An input from a disk image, read by qemu-img info --backing-chain. With
     force_share, the layers that another program may hold read-write are marked."""
+    from . import qemu  # subprocess: only an image path needs it
+
     text, warnings = qemu.info(path, image_format, force_share)
     value = parse_json(text, f"{path}: qemu-img info output")
     # Without --force-share, qemu-img took the image's locks: nobody else writes it.

@@ -4,7 +4,6 @@ README, 'JSON report'."""
 from __future__ import annotations
 
 import json
-import textwrap
 from dataclasses import asdict
 from typing import Any
 
@@ -113,6 +112,8 @@ def _remediation_lines(rule: Rule) -> list[str]:
 
 def explanation(rule: Rule) -> str:
     """kbrules explain: everything a person needs to know about one rule."""
+    import textwrap  # only kbrules explain wraps text
+
     out = [f"{rule.id} ({rule.severity}): {rule.title}",
            f"article: docs/kbase/{rule.article}.rst, section \"{rule.id}\"",
            f"rules file: {rule.source}", "", textwrap.fill(" ".join(rule.statement.split()), 88),
