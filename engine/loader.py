@@ -20,7 +20,6 @@ from typing import Any, Optional, Sequence
 
 from . import cache, ops
 from .errors import InputError, RulesError, UsageError
-from .examples import check_example
 from .model import ADVICE, SEVERITIES
 from .normalize import context_from_json
 from .rule import Example, Rule, Template
@@ -237,8 +236,7 @@ def _rule(places: _Places, i: int, raw: dict[str, Any]) -> Rule:
     return Rule(id=raw["id"], title=raw["title"], severity=raw["severity"], subject=kind.name,
                 statement=raw["statement"], require=raw["require"], at=at, message=message,
                 remediation=remediation, examples=tuple(examples), article=places.data["article"],
-                source=str(places.path), line=places.line(here),
-                check=ops.compile_py(raw["require"]), layer_of=ops.compile_py(at))
+                source=str(places.path), line=places.line(here))
 
 
 def _template(places: _Places, where: list[Any], text: str, known: Sequence[str]) -> Template:
@@ -291,6 +289,8 @@ def _read(path: Path) -> tuple[tuple[str, int, int], _File]:
 
 def _check_examples(found: _File) -> None:
     """A rule whose own examples fail makes its file broken (Python engine)."""
+    from .examples import check_example  # only a file not checked before runs its examples
+
     for rule in found.rules:
         for number, example in enumerate(rule.examples, 1):
             problem = check_example(rule, example, number)

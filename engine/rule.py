@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from .model import Context
-from .ops import Compiled
 from .text import sh_quote, tostring
 
 FILTERS = ("sh",)  # {field|sh}: the value quoted as one word for a POSIX shell
@@ -69,7 +68,7 @@ class Rule:
     severity: str
     subject: str  # a kind of engine.subjects.KINDS
     statement: str
-    require: Any  # the expression, as written
+    require: Any  # the expression, as written (engine/pybackend.py compiles the rule set)
     at: Any  # expression of the finding's layer
     message: Template
     remediation: dict[str, Template]  # by advice (model.ADVICE): whose commands fit
@@ -77,5 +76,3 @@ class Rule:
     article: str
     source: str  # the file it came from
     line: Optional[int]  # where the rule starts in it
-    check: Compiled
-    layer_of: Compiled
