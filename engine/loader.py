@@ -159,7 +159,7 @@ def _parse(path: Path, text: str, schema: bool = True) -> tuple[Any, dict[str, i
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
         root = loader.get_single_node()
-        data = None if root is None else loader.construct_document(root)
+        data: Any = None if root is None else loader.construct_document(root)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
