@@ -31,34 +31,40 @@ def ordered(found: Sequence[Finding], rules: Sequence[Rule]) -> tuple[Finding, .
     return tuple(sorted(found, key=lambda f: (SEVERITIES.index(f.severity), order[f.rule], f.layer)))
 
 
+def _facts(kind: str, context: Any) -> dict[str, Any]:
+    """Every fact of a subject, from its context (subjects.build's dicts, one at a time)."""
+    return subjects.dict_maker(subjects.KINDS[kind].facts, subjects.CONTEXTS[kind])(context)
+
+
 def evaluate(chain: Chain, rules: Sequence[Rule], bitmaps: Optional[Sequence[str]] = None) -> Report:
     """Check `bitmaps` (default: every bitmap name in the chain, and every name that a
     checkpoint of its libvirt domain gives it) against `rules`."""
     program = pybackend.program(rules)  # compiled once per rule set
     names, contexts = subjects.contexts(chain, bitmaps)
-    points = [subjects.dict_maker(subjects.KINDS["checkpoint"].facts, subjects.CONTEXTS["checkpoint"])(c)
-              for c in contexts["checkpoint"]]
+    points = [_facts("checkpoint", c) for c in contexts["checkpoint"]]
     groups: dict[Optional[str], dict[str, list[Finding]]] = {
         "bitmap": {name: [] for name in names},
         "checkpoint": {f["name"]: [] for f in points}}
     chain_level: list[Finding] = []
-    for kind, check in program.checks.items():
-        facts_of = subjects.dict_maker(subjects.KINDS[kind].facts, subjects.CONTEXTS[kind])
+
+    def collect(kind: str) -> pybackend.Fail:
         group = groups.get(subjects.KINDS[kind].group)
 
-        def fail(index: int, at: Any, context: Any, facts_of: Any = facts_of, group: Any = group) -> None:
-            facts = facts_of(context)  # only a failing rule needs them all, for its message
+        def fail(index: int, at: Any, context: Any) -> None:
+            facts = _facts(kind, context)  # all of them, for the message: only a failing rule needs them
             finding = _finding(rules[index], chain, facts, at)
             (group[facts["name"]] if group is not None else chain_level).append(finding)
+        return fail
 
-        check(contexts[kind], fail)
+    for kind, check in program.checks.items():
+        check(contexts[kind], collect(kind))
     verdicts = tuple(Verdict(name, not any_error(f.severity for f in found), ordered(found, rules))
                      for name, found in groups["bitmap"].items())
     valid = {v.name: v.valid for v in verdicts}
-    points_found = tuple(
+    usable = tuple(
         CheckpointVerdict(facts["name"], facts["bitmap"],
                           facts["covers"] and not any_error(f.severity for f in found)
                           and valid.get(facts["bitmap"], False),
                           ordered(found, rules))
         for facts, found in zip(points, groups["checkpoint"].values()))
-    return Report(chain, tuple(r.id for r in rules), verdicts, ordered(chain_level, rules), points_found)
+    return Report(chain, tuple(r.id for r in rules), verdicts, ordered(chain_level, rules), usable)

@@ -25,6 +25,8 @@ STDIN = "-"
 
 @dataclass(frozen=True)
 class Input:
+    """An input read and normalized: what kbrules checks."""
+
     name: str  # as messages name it: the path, or <stdin>
     value: Any  # the JSON value, read or printed by qemu-img
     chain: Chain

@@ -105,6 +105,8 @@ def _numbers(types: Types) -> Types:
 
 @dataclass(frozen=True)
 class Op:
+    """An operation of the rule vocabulary: its typing, its Python and its jq."""
+
     name: str
     doc: str
     arity: int  # operands; 0 means "a list of one or more"

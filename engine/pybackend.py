@@ -28,6 +28,8 @@ Check = Callable[[Sequence[Any], Fail], None]
 
 @dataclass(frozen=True)
 class Program:
+    """A rule set compiled to Python."""
+
     source: str  # the generated Python, for people and tests
     checks: dict[str, Check]  # subject kind -> its function, for the kinds that have rules
 

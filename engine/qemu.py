@@ -19,6 +19,8 @@ class ImageInUse(InputError):
 
 @dataclass(frozen=True)
 class Ran:
+    """What a qemu-img run gave."""
+
     stdout: bytes
     stderr: str
     returncode: int

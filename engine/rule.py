@@ -53,6 +53,8 @@ class Template:
 
 @dataclass(frozen=True)
 class Example:
+    """One of a rule's own examples: an input that passes or fails it."""
+
     expect: str  # "pass" or "fail"
     bitmaps: tuple[str, ...]
     input: Any
@@ -63,6 +65,8 @@ class Example:
 
 @dataclass(frozen=True)
 class Rule:
+    """A rule as the loader makes it from its YAML."""
+
     id: str
     title: str
     severity: str

@@ -85,6 +85,8 @@ FACT_HELPERS: dict[str, Any] = {**PY_HELPERS, "covers": _covers}
 
 @dataclass(frozen=True)
 class Fact:
+    """A fact of a subject kind: its type, its doc, its Python and its jq."""
+
     name: str  # a Python identifier
     types: Types
     doc: str
@@ -94,6 +96,8 @@ class Fact:
 
 @dataclass(frozen=True)
 class Kind:
+    """A kind of subject that rules are checked on, with its facts."""
+
     name: str
     doc: str  # "each ...": what a rule of this subject is checked on, once each
     facts: tuple[Fact, ...]
@@ -214,6 +218,8 @@ FINDING_FIELDS: tuple[Fact, ...] = (
 
 @dataclass(frozen=True)
 class Subjects:
+    """Every subject's facts, as dicts (build())."""
+
     names: tuple[str, ...]  # the bitmap names being checked, in report order
     by_kind: dict[str, list[dict[str, Any]]]  # kind -> each subject's facts
 
