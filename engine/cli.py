@@ -99,8 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--format", choices=tuple(FORMATS), default="text",
                        help="report format (default: text): " + "; ".join(
                            f"{name}: {output.help}" for name, output in FORMATS.items()))
-    check.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1, metavar="N",
-                       help="run up to N qemu-img at once (default: the number of CPUs)")
+    check.add_argument("--jobs", "-j", type=int, default=2 * (os.cpu_count() or 1), metavar="N",
+                       help="check up to N inputs or domains at once, each with its qemu-img or "
+                            "virsh (default: twice the number of CPUs, so that kbrules' own work "
+                            "between two runs leaves no CPU idle)")
     check.add_argument("--top", metavar="NODE",
                        help="QMP input: the node-name of the disk's top format node, when the "
                             "data holds several disks")

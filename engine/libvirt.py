@@ -11,7 +11,6 @@ nodes, and a base file that two disks share, never confuse one disk with another
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from typing import Any, Optional, Sequence
 
 from .errors import InputError, KbrulesError, ToolError
 from .inputs import Input, from_image
+from .qemu import run_program
 from .model import Checkpoint, CheckpointDisk, Context, Domain
 from .normalize import normalize, parse_json
 from .text import show
@@ -34,16 +34,14 @@ def virsh(args: Sequence[str], connect: Optional[str] = None) -> str:
     """virsh's output, or a KbrulesError with its first line of complaint."""
     argv = ["virsh", *(["-c", connect] if connect else []), *args]
     try:
-        done = subprocess.run(argv, capture_output=True, timeout=TIMEOUT, check=False,
-                              env={**os.environ, "LC_ALL": "C"})
+        done = run_program(argv, TIMEOUT)
     except FileNotFoundError:
         raise ToolError("virsh not found: install it (Debian/Ubuntu: apt-get install "
                         "libvirt-clients; Fedora/RHEL: dnf install libvirt-client)") from None
     except subprocess.TimeoutExpired:
         raise ToolError(f"virsh {args[0]}: no answer after {TIMEOUT} s") from None
     if done.returncode != 0:
-        err = done.stderr.decode("utf-8", "replace")
-        why = next((line.strip() for line in err.splitlines() if line.strip()), "(no message)")
+        why = next((line.strip() for line in done.stderr.splitlines() if line.strip()), "(no message)")
         raise ToolError(f"virsh {args[0]} failed: {show(why.removeprefix('error: '))}")
     return done.stdout.decode("utf-8", "replace")
 

@@ -1,9 +1,10 @@
-"""Running qemu-img: the one place kbrules starts another program."""
+"""Running qemu-img, and how kbrules runs any other program (virsh too)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -26,16 +27,42 @@ class Ran:
     returncode: int
 
 
+def run_program(argv: list[str], timeout: float) -> Ran:
+    """Run a program (an argument list, no shell; LC_ALL=C) to its end, or kill it
+    after `timeout` seconds: subprocess.TimeoutExpired. FileNotFoundError when it is
+    not installed."""
+    # A timer kills it, rather than subprocess.run(timeout=...), whose wait polls with
+    # sleeps once the output has ended: a millisecond or more lost on every call.
+    late = threading.Event()
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env={**os.environ, "LC_ALL": "C"}) as proc:
+
+        def stop() -> None:
+            late.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout, stop)
+        timer.start()
+        try:
+            stdout, stderr = proc.communicate()
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            timer.cancel()
+    if late.is_set():
+        raise subprocess.TimeoutExpired(argv, timeout)
+    return Ran(stdout, stderr.decode("utf-8", "replace"), proc.returncode)
+
+
 def _run(argv: list[str]) -> Ran:
     try:
-        done = subprocess.run(argv, capture_output=True, timeout=TIMEOUT, check=False,
-                              env={**os.environ, "LC_ALL": "C"})
+        return run_program(argv, TIMEOUT)
     except FileNotFoundError:
         raise ToolError("qemu-img not found: install it (Debian/Ubuntu: apt-get install "
                         "qemu-utils; Fedora/RHEL: dnf install qemu-img)") from None
     except subprocess.TimeoutExpired:
         raise ToolError(f"{' '.join(argv)}: no answer after {TIMEOUT} s") from None
-    return Ran(done.stdout, done.stderr.decode("utf-8", "replace"), done.returncode)
 
 
 def _one_line(stderr: str) -> str:
