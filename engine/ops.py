@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 Subject = dict[str, Any]
 Compiled = Callable[[Subject], Any]
@@ -113,8 +113,10 @@ class Op:
     takes: str  # how operands are typed: "condition", "equal", "order" or "string"
     gives: Types  # the types of its result
     # Python and jq texts of the operation, from its operands' texts. The Python text
-    # may call the helpers of PY_HELPERS, and evaluates each operand at most once.
-    py: Callable[[list[str]], str]
+    # also gets the operands' types (what their values can be), so that it can be plain
+    # Python where that means what jq means; it may call the helpers of PY_HELPERS, and
+    # evaluates each operand at most once.
+    py: Callable[[list[str], list[Types]], str]
     jq: Callable[[list[str]], str]
 
 
@@ -127,28 +129,56 @@ PY_HELPERS: dict[str, Any] = {"truthy": truthy, "jq_eq": jq_eq, "jq_cmp": jq_cmp
                               "utf8_bytes": utf8_bytes}
 
 _BOOL = frozenset({BOOLEAN})
+ANY: Types = frozenset({BOOLEAN, INTEGER, NUMBER, STRING, NULL})  # an operand of unknown type
+_NUMBERS = frozenset({INTEGER, NUMBER})
 
 
-def _cmp(sign: str) -> Callable[[list[str]], str]:
-    return lambda t: f"(jq_cmp({t[0]}, {t[1]}) {sign} 0)"
+def _true(text: str, types: Types) -> str:
+    """Python text that is True where jq's truthiness says true, else False."""
+    if types <= _BOOL:
+        return text
+    return f"({text} is True)" if types <= CONDITION else f"truthy({text})"
+
+
+def _same(ta: Types, tb: Types) -> bool:
+    """Python's == is jq's on these: unless a boolean may meet a number (True == 1)."""
+    return not ((BOOLEAN in ta and tb & _NUMBERS) or (BOOLEAN in tb and ta & _NUMBERS))
+
+
+def _ordered(ta: Types, tb: Types) -> bool:
+    """Python's < is jq's on these: numbers with numbers, strings with strings."""
+    return (ta | tb) <= _NUMBERS or (ta | tb) <= {STRING}
+
+
+def _eq(t: list[str], ty: list[Types]) -> str:
+    return f"({t[0]} == {t[1]})" if _same(*ty) else f"jq_eq({t[0]}, {t[1]})"
+
+
+def _ne(t: list[str], ty: list[Types]) -> str:
+    return f"({t[0]} != {t[1]})" if _same(*ty) else f"(not jq_eq({t[0]}, {t[1]}))"
+
+
+def _cmp(sign: str) -> Callable[[list[str], list[Types]], str]:
+    return lambda t, ty: (f"({t[0]} {sign} {t[1]})" if _ordered(*ty)
+                          else f"(jq_cmp({t[0]}, {t[1]}) {sign} 0)")
 
 
 OPS: dict[str, Op] = {
     op.name: op
     for op in (
         Op("not", "true when the operand is false or null", 1, "condition", _BOOL,
-           lambda t: f"(not truthy({t[0]}))", lambda t: f"({t[0]} | not)"),
+           lambda t, ty: f"(not {_true(t[0], ty[0])})", lambda t: f"({t[0]} | not)"),
         # Operands are facts and literals: evaluating them all or stopping early is the same.
         Op("all", "true when every operand is true", 0, "condition", _BOOL,
-           lambda t: "(" + " and ".join(f"truthy({x})" for x in t) + ")",
+           lambda t, ty: "(" + " and ".join(map(_true, t, ty)) + ")",
            lambda t: "([" + ", ".join(t) + "] | all)"),
         Op("any", "true when at least one operand is true", 0, "condition", _BOOL,
-           lambda t: "(" + " or ".join(f"truthy({x})" for x in t) + ")",
+           lambda t, ty: "(" + " or ".join(map(_true, t, ty)) + ")",
            lambda t: "([" + ", ".join(t) + "] | any)"),
         Op("eq", "the two operands are equal (no type coercion)", 2, "equal", _BOOL,
-           lambda t: f"jq_eq({t[0]}, {t[1]})", lambda t: f"({t[0]} == {t[1]})"),
+           _eq, lambda t: f"({t[0]} == {t[1]})"),
         Op("ne", "the two operands differ", 2, "equal", _BOOL,
-           lambda t: f"(not jq_eq({t[0]}, {t[1]}))", lambda t: f"({t[0]} != {t[1]})"),
+           _ne, lambda t: f"({t[0]} != {t[1]})"),
         Op("lt", "first < second, in jq's order of values", 2, "order", _BOOL,
            _cmp("<"), lambda t: f"({t[0]} < {t[1]})"),
         Op("le", "first <= second", 2, "order", _BOOL,
@@ -159,7 +189,7 @@ OPS: dict[str, Op] = {
            _cmp(">="), lambda t: f"({t[0]} >= {t[1]})"),
         Op("bytes", "the length of a string in UTF-8 bytes (null for other values)", 1, "string",
            frozenset({INTEGER, NULL}),
-           lambda t: f"utf8_bytes({t[0]})",
+           lambda t, ty: f"len({t[0]}.encode('utf-8'))" if ty[0] <= {STRING} else f"utf8_bytes({t[0]})",
            lambda t: f"({t[0]} | if type == \"string\" then utf8bytelength else null end)"),
     )
 }
@@ -265,21 +295,28 @@ def py_literal(value: Any) -> str:
     return repr(value)
 
 
-def py_text(expr: Any, field: Callable[[str], str]) -> str:
+def py_text(expr: Any, field: Callable[[str], str],
+            facts: Optional[Mapping[str, Types]] = None) -> str:
     """Python text of the expression; `field` gives the text that reads a fact, by its
-    name. Expressions are assumed schema-valid (fact names then are known ones)."""
+    name, and `facts` the types of the facts (their values are then trusted to be of
+    those types; unknown: any value). Expressions are assumed schema-valid."""
+    return _py(expr, field, facts or {})[0]
+
+
+def _py(expr: Any, field: Callable[[str], str], facts: Mapping[str, Types]) -> tuple[str, Types]:
     if not isinstance(expr, dict):
-        return py_literal(expr)
+        return py_literal(expr), frozenset({type_of(expr)})
     (name, arg), = expr.items()
     if name == FIELD:
-        return field(arg)
+        return field(arg), facts.get(arg, ANY)
     op = OPS[name]
-    return op.py([py_text(e, field) for e in ([arg] if op.arity == 1 else arg)])
+    texts, types = zip(*(_py(e, field, facts) for e in ([arg] if op.arity == 1 else arg)))
+    return op.py(list(texts), list(types)), op.gives
 
 
 def compile_py(expr: Any) -> Compiled:
-    """A function of a subject's facts given as a dict (the rule engine compiles whole
-    rule sets instead: engine/pybackend.py)."""
+    """A function of a subject's facts given as a dict, of any values (the rule engine
+    compiles whole rule sets instead, with the facts' types: engine/pybackend.py)."""
     text = py_text(expr, lambda name: f"s.get({name!r})")
     fn: Compiled = eval(compile(f"lambda s: {text}", "<kbrules expression>", "eval"), dict(PY_HELPERS))
     return fn

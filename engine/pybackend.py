@@ -56,13 +56,18 @@ def _facts(kind: subjects.Kind, names: set[str], indent: str) -> list[str]:
 # A rule's require is a condition (the loader checks it): its value is true, false or
 # null, which Python's `not` judges as jq does.
 
-def _rules(numbered: Sequence[tuple[int, Rule]], indent: str) -> list[str]:
+def _text(kind: subjects.Kind, expr: Any) -> str:
+    """Python text of an expression over the local facts, whose types the table gives."""
+    return ops.py_text(expr, _local, kind.types())
+
+
+def _rules(kind: subjects.Kind, numbered: Sequence[tuple[int, Rule]], indent: str) -> list[str]:
     """Lines that run each rule on the local facts, and report it where it fails."""
     lines = []
     for index, rule in numbered:
         lines += [f"{indent}# {rule.id}",
-                  f"{indent}if not {ops.py_text(rule.require, _local)}:",
-                  f"{indent}    fail({index}, {ops.py_text(rule.at, _local)}, c)"]
+                  f"{indent}if not {_text(kind, rule.require)}:",
+                  f"{indent}    fail({index}, {_text(kind, rule.at)}, c)"]
     return lines
 
 
@@ -79,19 +84,19 @@ def kind_source(kind: subjects.Kind, numbered: Sequence[tuple[int, Rule]]) -> st
     if once:
         lines += [f"    passed = {{}}  # id({shared}) -> whether the rules that read only it pass"]
     lines += ["    for c in contexts:", f"        {subjects.unpack(context)}"]
-    lines += _facts(kind, read_each, " " * 8) + _rules(each, " " * 8)
+    lines += _facts(kind, read_each, " " * 8) + _rules(kind, each, " " * 8)
     if once:
         read_once = set().union(*(_fields(r.require) | _fields(r.at) for _, r in once)) - read_each
         lines += [f"        ok = passed.get(id({shared}))",
                   "        if ok is None:",
                   f"            ok = passed[id({shared})] = once_{kind.name}({shared})",
                   "        if not ok:  # then each of them again, on this subject",
-                  *_facts(kind, read_once, " " * 12), *_rules(once, " " * 12)]
+                  *_facts(kind, read_once, " " * 12), *_rules(kind, once, " " * 12)]
         # The rules that read only the shared field, all at once: whether they all pass.
         lines = [f"def once_{kind.name}({shared}):",
                  *_facts(kind, set().union(*(_fields(r.require) for _, r in once)), " " * 4),
                  "    return bool(" + "\n                and ".join(
-                     ops.py_text(r.require, _local) for _, r in once) + ")",
+                     _text(kind, r.require) for _, r in once) + ")",
                  "", "", *lines]
     return "\n".join(lines) + "\n"
 
