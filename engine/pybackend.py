@@ -76,9 +76,10 @@ def kind_source(kind: subjects.Kind, numbered: Sequence[tuple[int, Rule]]) -> st
     context = subjects.CONTEXTS[kind.name]
     facts = {f.name: f for f in kind.facts}
     shared = subjects.SHARED.get(kind.name)
-    once = [(i, r) for i, r in numbered
-            if shared and all(subjects.reads(facts[n], context) <= {shared} for n in _fields(r.require))]
-    each = [(i, r) for i, r in numbered if (i, r) not in once]
+    alone = {i for i, r in numbered  # rules whose facts read the shared field alone
+             if shared and all(subjects.reads(facts[n], context) <= {shared} for n in _fields(r.require))}
+    once = [(i, r) for i, r in numbered if i in alone]
+    each = [(i, r) for i, r in numbered if i not in alone]
     read_each = set().union(*(_fields(r.require) | _fields(r.at) for _, r in each))
     lines = [f"def check_{kind.name}(contexts, fail):"]
     if once:
