@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -20,7 +19,7 @@ class ImageInUse(InputError):
 
 @dataclass(frozen=True)
 class Ran:
-    """What a qemu-img run gave."""
+    """What a run of qemu-img (or virsh) gave."""
 
     stdout: bytes
     stderr: str
@@ -31,28 +30,9 @@ def run_program(argv: list[str], timeout: float) -> Ran:
     """Run a program (an argument list, no shell; LC_ALL=C) to its end, or kill it
     after `timeout` seconds: subprocess.TimeoutExpired. FileNotFoundError when it is
     not installed."""
-    # A timer kills it, rather than subprocess.run(timeout=...), whose wait polls with
-    # sleeps once the output has ended: a millisecond or more lost on every call.
-    late = threading.Event()
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env={**os.environ, "LC_ALL": "C"}) as proc:
-
-        def stop() -> None:
-            late.set()
-            proc.kill()
-
-        timer = threading.Timer(timeout, stop)
-        timer.start()
-        try:
-            stdout, stderr = proc.communicate()
-        except BaseException:
-            proc.kill()
-            raise
-        finally:
-            timer.cancel()
-    if late.is_set():
-        raise subprocess.TimeoutExpired(argv, timeout)
-    return Ran(stdout, stderr.decode("utf-8", "replace"), proc.returncode)
+    done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False,
+                          env={**os.environ, "LC_ALL": "C"})
+    return Ran(done.stdout, done.stderr.decode("utf-8", "replace"), done.returncode)
 
 
 def _run(argv: list[str]) -> Ran:

@@ -95,7 +95,7 @@ def test_no_cache_when_disabled(tmp_path: Path) -> None:
 
 def test_a_program_that_hangs_is_stopped_and_a_missing_one_named(tops: list[Path], tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    # How kbrules runs qemu-img and virsh: killed at its timeout, not waited for.
+    # How kbrules runs qemu-img and virsh: stopped at its timeout, and named when missing.
     started = time.monotonic()
     with pytest.raises(subprocess.TimeoutExpired):
         run_program(["sleep", "30"], 0.3)
