@@ -19,9 +19,9 @@ from typing import Any, Optional, Sequence
 
 from .errors import InputError, KbrulesError, ToolError
 from .inputs import Input, from_image
-from .qemu import run_program
 from .model import Checkpoint, CheckpointDisk, Context, Domain
 from .normalize import normalize, parse_json
+from .qemu import run_program
 from .text import show
 
 TIMEOUT = 60  # seconds for one virsh call

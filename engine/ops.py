@@ -130,7 +130,7 @@ PY_HELPERS: dict[str, Any] = {"truthy": truthy, "jq_eq": jq_eq, "jq_cmp": jq_cmp
 
 _BOOL = frozenset({BOOLEAN})
 ANY: Types = frozenset({BOOLEAN, INTEGER, NUMBER, STRING, NULL})  # an operand of unknown type
-_NUMBERS = frozenset({INTEGER, NUMBER})
+_NUMERIC = frozenset({INTEGER, NUMBER})
 
 
 def _true(text: str, types: Types) -> str:
@@ -142,12 +142,12 @@ def _true(text: str, types: Types) -> str:
 
 def _same(ta: Types, tb: Types) -> bool:
     """Python's == is jq's on these: unless a boolean may meet a number (True == 1)."""
-    return not ((BOOLEAN in ta and tb & _NUMBERS) or (BOOLEAN in tb and ta & _NUMBERS))
+    return not ((BOOLEAN in ta and tb & _NUMERIC) or (BOOLEAN in tb and ta & _NUMERIC))
 
 
 def _ordered(ta: Types, tb: Types) -> bool:
     """Python's < is jq's on these: numbers with numbers, strings with strings."""
-    return (ta | tb) <= _NUMBERS or (ta | tb) <= {STRING}
+    return (ta | tb) <= _NUMERIC or (ta | tb) <= {STRING}
 
 
 def _eq(t: list[str], ty: list[Types]) -> str:
