@@ -1,5 +1,6 @@
 """The benchmark's inputs: qemu-img info --backing-chain JSON of synthesized deep,
-wide and typical chains, and small real chains made with qemu-img."""
+wide and typical chains, small real chains made with qemu-img, and a running libvirt
+domain."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import concurrent.futures
 import json
 import os
 import random
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,3 +113,55 @@ def real_chains(directory: Path, count: int, jobs: int) -> list[Path]:
     directory.mkdir()
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         return list(pool.map(lambda n: real_chain(directory / f"chain{n:03d}", n), range(count)))
+
+
+CHECKPOINTS = 4  # of the running domain
+
+
+@dataclass
+class RunningDomain:
+    """A running TCG domain with one qcow2 disk (2 layers) and CHECKPOINTS checkpoints,
+    made with tests/libvirtd.py (which starts libvirtd when none answers); close()
+    removes it, its images, and the daemons it started."""
+
+    name: str
+    uri: str
+    checkpoints: tuple[str, ...]
+    domain: Any
+    directory: Path
+
+    def close(self) -> None:
+        import libvirtd
+
+        self.domain.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+        libvirtd.DAEMONS.stop()
+
+
+def running_domain() -> tuple[Optional[RunningDomain], str]:
+    """The domain, or None and why there is none."""
+    import libvirtd  # tests/libvirtd.py: bench/run puts tests/ on sys.path
+
+    why = libvirtd.missing()
+    if why:
+        return None, why
+    directory = libvirtd.images_dir()
+    domain = None
+    try:
+        libvirtd.DAEMONS.ensure()
+        libvirtd.qemu_img("create", "-q", "-f", "qcow2", "base.qcow2", "64M", cwd=directory)
+        libvirtd.qemu_img("create", "-q", "-f", "qcow2", "-b", str(directory / "base.qcow2"), "-F", "qcow2",
+                          "top.qcow2", "64M", cwd=directory)
+        domain = libvirtd.Domain(directory, {"vda": directory / "top.qcow2"},
+                                 name=f"kbrules-bench-{os.getpid()}").define()
+        domain.start()
+        names = tuple(f"c{i}" for i in range(CHECKPOINTS))
+        for name in names:
+            domain.checkpoint(name)
+    except (AssertionError, RuntimeError, OSError, subprocess.SubprocessError) as e:
+        if domain is not None:
+            domain.close()
+        shutil.rmtree(directory, ignore_errors=True)
+        libvirtd.DAEMONS.stop()
+        return None, f"no domain could be made: {str(e).strip().splitlines()[-1]}"
+    return RunningDomain(domain.name, libvirtd.URI, names, domain, directory), ""

@@ -83,6 +83,7 @@ class Command:
     label: str
     argv: tuple[str, ...]
     ok: tuple[int, ...] = (0,)  # exit statuses that mean it worked
+    env: tuple[tuple[str, str], ...] = ()  # set for this command, over Limits.env
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,11 @@ class Limits:
     timeout: float  # seconds
     rss_kib: int
     env: Optional[dict[str, str]] = None  # the commands' environment; None: this one's
+
+    def environment(self, command: Command) -> Optional[dict[str, str]]:
+        if not command.env:
+            return self.env
+        return {**(os.environ if self.env is None else self.env), **dict(command.env)}
 
 
 @dataclass(frozen=True)
@@ -112,7 +118,7 @@ def run(command: Command, limits: Limits, stdout: Optional[Path] = None) -> Run:
         with open(str(stdout) if stdout else os.devnull, "wb") as out, \
                 tempfile.TemporaryFile() as err:
             done = subprocess.run(wrapper, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                  env=limits.env)
+                                  env=limits.environment(command))
             err.seek(0)
             lines = err.read().decode("utf-8", "replace").strip().splitlines()
         if done.returncode != 0 or not result.exists():

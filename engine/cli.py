@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -12,10 +13,9 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence, Union
 
-from . import __version__, jqbackend, libvirt, qemu
+from . import qemu
 from .errors import Interrupted, KbrulesError, ReaderGone, UsageError
 from .evaluate import evaluate
-from .examples import ENGINES, check_example
 from .formats import FORMATS, Output, Result, say, terminal_style, to_file, write_text
 from .inputs import MAX_JSON, STDIN, Input, read_input
 from .loader import load_rules
@@ -94,6 +94,17 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
+class _Version(argparse.Action):
+    """--version, looked up only when asked (see engine/__init__.py)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: Optional[str] = None) -> NoReturn:
+        from . import __version__
+
+        write_text(f"kbrules {__version__}")  # the one writer: a full or closed stdout is exit 2
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; the docs' CLI reference is generated from it."""
     top = _Parser(prog="kbrules", description=DESCRIPTION,
@@ -101,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                   epilog="commands:\n  kbrules check --help    the checker's inputs and options\n"
                          "  kbrules plan --help     the repair plan as a shell script\n"
                          "  kbrules jq --help       the same checks as a jq program\n\n" + EXIT_STATUS)
-    top.add_argument("--version", action="version", version=f"kbrules {__version__}")
+    top.add_argument("--version", action=_Version, nargs=0, help="show program's version number and exit")
     sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     check = sub.add_parser(
         "check", help="check a chain's bitmaps", description=DESCRIPTION, epilog=CHECK_EPILOG,
@@ -151,8 +162,10 @@ def _check_options(parser: argparse.ArgumentParser) -> None:
                              "(a temporary file in FILE's directory, renamed over FILE at the end), "
                              "as node_exporter's textfile collector needs; a run that stops on an "
                              "error leaves FILE as it was")
-    parser.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1, metavar="N",
-                        help="run up to N qemu-img at once (default: the number of CPUs)")
+    parser.add_argument("--jobs", "-j", type=int, default=2 * (os.cpu_count() or 1), metavar="N",
+                        help="check up to N inputs or domains at once, each with its qemu-img or "
+                             "virsh (default: twice the number of CPUs, so that kbrules' own work "
+                             "between two runs leaves no CPU idle)")
     parser.add_argument("--top", metavar="NODE",
                         help="QMP input: the node-name of the disk's top format node, when the "
                              "data holds several disks")
@@ -234,7 +247,11 @@ def check(args: argparse.Namespace) -> int:
         raise UsageError("--timeout must be more than 0 seconds")
     if args.as_json and args.image_format:
         raise UsageError("--json and --image-format contradict each other: a PATH is one or the other")
-    program = jqbackend.binding(rules) if args.engine == "jq" else None  # compiled once
+    program = None
+    if args.engine == "jq":
+        from . import jqbackend  # only --engine jq needs the jq program and its binding
+
+        program = jqbackend.binding(rules)  # compiled once
     if args.domains or args.all_domains:
         return _check_domains(args, rules, program, output_format(batch=True))
     if args.disks:
@@ -277,6 +294,8 @@ def _judge(read: Input, args: argparse.Namespace, rules: list[Rule], program: An
     if program is not None:
         # Read and normalized as for the Python engine, so that bad input gets the same
         # one-line error; the report itself comes from jq.
+        from . import jqbackend  # imported by check() already: --engine jq
+
         data = jqbackend.run(program, read.value, args.bitmaps, args.top, read.context)
         data["trust_backing"] = read.chain.trust_backing  # jq reads JSON: it never opens images
         found = [f for key in ("bitmaps", "checkpoints") for b in data[key] for f in b["findings"]]
@@ -291,6 +310,8 @@ def _check_domains(args: argparse.Namespace, rules: list[Rule], program: Any, ou
     if args.inputs or args.top or args.image_format or args.force_share or args.as_json:
         raise UsageError("--domain and --all-domains read the domains' own disks: give no PATH, "
                          "--top, --image-format, --force-share or --json with them")
+    from . import libvirt  # virsh, XML and threads: only --domain needs them
+
     names = libvirt.all_domains(args.connect) if args.all_domains else list(dict.fromkeys(args.domains))
 
     def one(name: str) -> list[tuple[str, Outcome]]:
@@ -420,6 +441,8 @@ class _Progress:
 
 
 def jq_program(args: argparse.Namespace) -> int:
+    from . import jqbackend  # only this command and --engine jq need it
+
     rules = _rules(args)
     if args.rules and len(args.rules) == 1 and not (args.select or args.ignore):
         # Exactly the committed rules/<article>.jq, header included.
@@ -431,6 +454,8 @@ def jq_program(args: argparse.Namespace) -> int:
 
 def test_rules(args: argparse.Namespace) -> int:
     """kbrules test: every example of every rule, in both engines."""
+    from .examples import ENGINES, check_example  # only this command runs examples here
+
     rules = load_rules(args.files or None, examples=False)  # they are what is tested
     runs = failed = 0
     source = None
@@ -542,6 +567,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if sys.stdout is None:  # started with stdout closed (>&-): nowhere to report
         say("standard output is closed: nowhere to write a report")
         return EXIT_ERROR
+    # The input, maybe a large JSON document, lives until the end, and kbrules makes no
+    # reference cycles worth collecting: the cyclic collector would only walk the input
+    # again and again (a fifth of a big check's time). Reference counting frees the rest.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         with _SIGNALS.caught():
             args = build_parser().parse_args(argv)
@@ -558,6 +588,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 128 + e.signum
     except KeyboardInterrupt:  # SIGINT where kbrules could not catch it (not the main thread)
         return 128 + int(signal.SIGINT)
+    finally:
+        if collecting:
+            gc.enable()
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from . import subjects
+from . import pybackend, subjects
 from .model import SEVERITIES, Chain, CheckpointVerdict, Finding, Report, Verdict, any_error
 from .rule import Rule
 
@@ -13,8 +13,7 @@ SHARED_RW_CAVEAT = ("this layer was read with --force-share while a program may 
                     "ask the running QEMU (QMP query-named-block-nodes) instead")
 
 
-def _finding(rule: Rule, chain: Chain, facts: dict[str, Any]) -> Finding:
-    index = rule.layer_of(facts)
+def _finding(rule: Rule, chain: Chain, facts: dict[str, Any], index: int) -> Finding:
     layer = chain.layers[index]
     context = {**subjects.finding_fields(layer, chain.domain), **facts}  # facts win
     return Finding(rule=rule.id, severity=rule.severity, layer=index, filename=layer.filename,
@@ -28,33 +27,46 @@ def _finding(rule: Rule, chain: Chain, facts: dict[str, Any]) -> Finding:
 def ordered(found: Sequence[Finding], rules: Sequence[Rule]) -> tuple[Finding, ...]:
     """Errors first, then rule order, then layer: the first finding is the most basic
     failing rule."""
+    if len(found) < 2:  # most bitmaps of a big chain: nothing to sort
+        return tuple(found)
     order = {rule.id: i for i, rule in enumerate(rules)}
     return tuple(sorted(found, key=lambda f: (SEVERITIES.index(f.severity), order[f.rule], f.layer)))
+
+
+def _facts(kind: str, context: Any) -> dict[str, Any]:
+    """Every fact of a subject, from its context (subjects.build's dicts, one at a time)."""
+    return subjects.dict_maker(subjects.KINDS[kind].facts, subjects.CONTEXTS[kind])(context)
 
 
 def evaluate(chain: Chain, rules: Sequence[Rule], bitmaps: Optional[Sequence[str]] = None) -> Report:
     """Check `bitmaps` (default: every bitmap name in the chain, and every name that a
     checkpoint of its libvirt domain gives it) against `rules`."""
-    subs = subjects.build(chain, bitmaps)
+    program = pybackend.program(rules)  # compiled once per rule set
+    names, contexts = subjects.contexts(chain, bitmaps)
+    points = [_facts("checkpoint", c) for c in contexts["checkpoint"]]
     groups: dict[Optional[str], dict[str, list[Finding]]] = {
-        "bitmap": {name: [] for name in subs.names},
-        "checkpoint": {f["name"]: [] for f in subs.by_kind["checkpoint"]}}
+        "bitmap": {name: [] for name in names},
+        "checkpoint": {f["name"]: [] for f in points}}
     chain_level: list[Finding] = []
-    for rule in rules:
-        check = rule.check
-        group = groups.get(subjects.KINDS[rule.subject].group)
-        for facts in subs.by_kind[rule.subject]:
-            result = check(facts)
-            if result is None or result is False:  # jq's falsy values
-                finding = _finding(rule, chain, facts)
-                (group[facts["name"]] if group is not None else chain_level).append(finding)
+
+    def collect(kind: str) -> pybackend.Fail:
+        group = groups.get(subjects.KINDS[kind].group)
+
+        def fail(index: int, at: Any, context: Any) -> None:
+            facts = _facts(kind, context)  # all of them, for the message: only a failing rule needs them
+            finding = _finding(rules[index], chain, facts, at)
+            (group[facts["name"]] if group is not None else chain_level).append(finding)
+        return fail
+
+    for kind, check in program.checks.items():
+        check(contexts[kind], collect(kind))
     verdicts = tuple(Verdict(name, not any_error(f.severity for f in found), ordered(found, rules))
                      for name, found in groups["bitmap"].items())
     valid = {v.name: v.valid for v in verdicts}
-    points = tuple(
+    usable = tuple(
         CheckpointVerdict(facts["name"], facts["bitmap"],
                           facts["covers"] and not any_error(f.severity for f in found)
                           and valid.get(facts["bitmap"], False),
                           ordered(found, rules))
-        for facts, found in zip(subs.by_kind["checkpoint"], groups["checkpoint"].values()))
-    return Report(chain, tuple(r.id for r in rules), verdicts, ordered(chain_level, rules), points)
+        for facts, found in zip(points, groups["checkpoint"].values()))
+    return Report(chain, tuple(r.id for r in rules), verdicts, ordered(chain_level, rules), usable)

@@ -19,7 +19,6 @@ import contextlib
 import io
 import json
 import os
-import secrets
 import shutil
 import stat
 import sys
@@ -28,7 +27,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from . import __version__
 from .draw import GLYPHS, Style, page_html, page_svg, script
 from .errors import KbrulesError, OutputError, ReaderGone
 from .model import Report
@@ -270,6 +268,8 @@ class HtmlOutput(_PageOutput):
             "script, nothing fetched) to open in a browser or attach to a ticket")
 
     def page(self) -> str:
+        from . import __version__  # importlib.metadata: only where a page or metric names it
+
         return page_html(self.results, __version__)
 
 
@@ -284,6 +284,8 @@ class ScriptOutput(_PageOutput):
     help = "the repair plan as a POSIX shell script, to read and then run (what kbrules plan prints)"
 
     def page(self) -> str:
+        from . import __version__
+
         return script(self.results, os.getcwd(), __version__)
 
     def end(self) -> None:
@@ -416,6 +418,8 @@ def exposition(results: list[Result], now: float, duration: float) -> bytes:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 
+    from . import __version__
+
     values = samples(results, now, duration)
 
     class Collector:
@@ -454,6 +458,8 @@ def replace_file(path: str, data: bytes) -> None:
     A reader sees the old content or the new one, never a part. The new file keeps the
     mode of the one it replaces; a new one gets 0666 less the umask, as with `>`."""
     directory = os.path.dirname(path) or "."
+    import secrets  # only --output needs a name no one can guess
+
     temp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)

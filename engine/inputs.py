@@ -32,6 +32,8 @@ MAX_JSON = 32 << 20  # bytes of JSON input: 2000 layers of qemu-img info take 1.
 
 @dataclass(frozen=True)
 class Input:
+    """An input read and normalized: what kbrules checks."""
+
     name: str  # as messages name it: the path, or <stdin>
     value: Any  # the JSON value, read or printed by qemu-img
     chain: Chain

@@ -11,7 +11,6 @@ nodes, and a base file that two disks share, never confuse one disk with another
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
@@ -22,9 +21,11 @@ from .errors import InputError, KbrulesError, ToolError, ToolTimeout
 from .inputs import Input, from_image
 from .model import Checkpoint, CheckpointDisk, Context, Domain
 from .normalize import normalize, parse_json
+from .qemu import run_program
 from .text import show
 
 TIMEOUT = 60  # seconds for one virsh call
+PARALLEL = 8  # virsh calls at once for one domain
 QUERY_NODES = json.dumps({"execute": "query-named-block-nodes", "arguments": {"flat": True}})
 LIVE_STATES = ("running", "paused", "in shutdown", "pmsuspended")  # a QEMU process to ask
 
@@ -33,16 +34,14 @@ def virsh(args: Sequence[str], connect: Optional[str] = None) -> str:
     """virsh's output, or a KbrulesError with its first line of complaint."""
     argv = ["virsh", *(["-c", connect] if connect else []), *args]
     try:
-        done = subprocess.run(argv, capture_output=True, timeout=TIMEOUT, check=False,
-                              env={**os.environ, "LC_ALL": "C"})
+        done = run_program(argv, TIMEOUT)
     except FileNotFoundError:
         raise ToolError("virsh not found: install it (Debian/Ubuntu: apt-get install "
                         "libvirt-clients; Fedora/RHEL: dnf install libvirt-client)") from None
     except subprocess.TimeoutExpired:
         raise ToolTimeout(f"virsh {args[0]}: no answer after {TIMEOUT} s") from None
     if done.returncode != 0:
-        err = done.stderr.decode("utf-8", "replace")
-        why = next((line.strip() for line in err.splitlines() if line.strip()), "(no message)")
+        why = next((line.strip() for line in done.stderr.splitlines() if line.strip()), "(no message)")
         raise ToolError(f"virsh {args[0]} failed: {show(why.removeprefix('error: '))}")
     return done.stdout.decode("utf-8", "replace")
 
@@ -98,12 +97,12 @@ def parse_checkpoint(text: str, where: str) -> Checkpoint:
                                                  d.get("bitmap")) for d in root.findall("./disks/disk")))
 
 
-def checkpoints(domain: str, connect: Optional[str]) -> tuple[Checkpoint, ...]:
-    """The domain's checkpoints, oldest first (by creation time, then parents first)."""
-    names = virsh(["checkpoint-list", "--name", "--topological", "--", domain], connect).split()
-    with ThreadPoolExecutor(max_workers=min(8, len(names) or 1)) as pool:
-        found = list(pool.map(lambda n: parse_checkpoint(
-            virsh(["checkpoint-dumpxml", "--no-domain", "--", domain, n], connect), f"{domain}: {n}"), names))
+def _checkpoints(domain: str, connect: Optional[str], names: Sequence[str],
+                 pool: ThreadPoolExecutor) -> tuple[Checkpoint, ...]:
+    """The domain's checkpoints of these names (checkpoint-list), read at once, oldest
+    first (by creation time, then parents first)."""
+    found = list(pool.map(lambda n: parse_checkpoint(
+        virsh(["checkpoint-dumpxml", "--no-domain", "--", domain, n], connect), f"{domain}: {n}"), names))
     order = {c.name: i for i, c in enumerate(found)}
     return tuple(sorted(found, key=lambda c: (c.created, order[c.name])))
 
@@ -127,18 +126,23 @@ def read_domain(name: str, connect: Optional[str] = None,
                 targets: Sequence[str] = ()) -> list[DiskRead]:
     """Every disk of a domain (or only `targets`), read as kbrules checks it. Raises a
     KbrulesError when the domain itself cannot be read."""
-    state = virsh(["domstate", "--", name], connect).strip().splitlines()[0].strip()
-    live = state in LIVE_STATES
-    disks = parse_disks(virsh(["dumpxml", "--", name], connect), name)
-    unknown = [t for t in targets if t not in {d.target for d in disks}]
-    if unknown:
-        raise InputError(f"{name}: no disk {unknown[0]!r} (the domain has "
-                         f"{', '.join(d.target for d in disks) or 'no disks'})")
-    points = checkpoints(name, connect)
-    nodes: Any = None
-    if live:
-        nodes = parse_json(virsh(["qemu-monitor-command", "--", name, QUERY_NODES], connect).encode(),
-                           f"{name}: query-named-block-nodes")
+    # Every virsh call only reads, and each is mostly virsh starting: those that need
+    # not wait for another run at once. Their errors are reported in this order.
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        state = pool.submit(virsh, ["domstate", "--", name], connect)
+        xml = pool.submit(virsh, ["dumpxml", "--", name], connect)
+        listed = pool.submit(virsh, ["checkpoint-list", "--name", "--topological", "--", name], connect)
+        live = state.result().strip().splitlines()[0].strip() in LIVE_STATES
+        disks = parse_disks(xml.result(), name)
+        unknown = [t for t in targets if t not in {d.target for d in disks}]
+        if unknown:
+            raise InputError(f"{name}: no disk {unknown[0]!r} (the domain has "
+                             f"{', '.join(d.target for d in disks) or 'no disks'})")
+        query = pool.submit(virsh, ["qemu-monitor-command", "--", name, QUERY_NODES], connect) if live else None
+        points = _checkpoints(name, connect, listed.result().split(), pool)
+        nodes: Any = None
+        if query is not None:
+            nodes = parse_json(query.result().encode(), f"{name}: query-named-block-nodes")
     all_targets = tuple(d.target for d in disks if d.device == "disk")
     out = []
     for disk in disks:

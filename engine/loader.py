@@ -2,25 +2,28 @@
 
 It finds the rule files (the shipped ones, or those asked for), parses the YAML,
 validates it (a JSON Schema for the shape, then what a schema cannot say: unique ids,
-known facts, operands of the right types, templates naming real fields), compiles
-each rule to Python, runs each rule's own examples, and narrows the set by
-select/ignore. Every problem is one RulesError: ``FILE:LINE: rule ID: what is wrong``.
+known facts, operands of the right types, templates naming real fields), runs each
+rule's own examples, and narrows the set by select/ignore (engine/pybackend.py then
+compiles the rule set). Every problem is one RulesError: ``FILE:LINE: rule ID: what
+is wrong``.
 
 A file whose examples passed is remembered twice: in this process (by path, mtime and
 size) and on disk (engine/cache.py, by content), so later runs skip the YAML parsing,
-the schema and the examples.
+the schema and the examples. A shipped file that is unchanged since the tests checked
+it (its digest is in rules/checked.sha256) needs neither its schema nor its examples
+at start-up: ``kbrules test`` and the test suite check it.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from . import cache, ops
 from .errors import InputError, RulesError, UsageError
-from .examples import check_example
 from .model import ADVICE, SEVERITIES
 from .normalize import context_from_json
 from .rule import Example, Rule, Template
@@ -38,6 +41,28 @@ def rules_dir() -> Path:
 
 def default_files() -> list[Path]:
     return sorted(rules_dir().glob("*.yaml"))
+
+
+CHECKED = "checked.sha256"  # in rules_dir(): `sha256sum *.yaml` of the shipped files, as tested
+
+
+@functools.lru_cache(maxsize=1)
+def _checked() -> dict[str, str]:
+    """File name -> the SHA-256 of its content, as the tests checked it."""
+    try:
+        lines = (rules_dir() / CHECKED).read_text().splitlines()
+    except OSError:
+        return {}
+    return {name.lstrip("*"): digest for digest, _, name in (line.partition("  ") for line in lines)}
+
+
+def shipped_unchanged(path: Path, content: bytes) -> bool:
+    """Whether this is a shipped rules file as the tests checked it: its schema held and
+    its examples passed, in both engines, with this kbrules (tests/test_rules.py keeps
+    rules/checked.sha256 fresh, and CI runs kbrules test)."""
+    if path.resolve().parent != rules_dir().resolve():
+        return False
+    return _checked().get(path.name) == hashlib.sha256(content).hexdigest()
 
 
 def _schema() -> dict[str, Any]:
@@ -123,20 +148,25 @@ def _key(place: Sequence[Any]) -> str:
     return ".".join(map(str, place))
 
 
-def _parse(path: Path, text: str) -> tuple[Any, dict[str, int]]:
-    """YAML checked against the schema: the data, and the line of every place that
-    later checks may name (rules.I, rules.I.KEY, rules.I.examples.K, and each part of
-    an expression)."""
-    import yaml
+def _parse(path: Path, text: str, schema: bool = True) -> tuple[Any, dict[str, int]]:
+    """YAML checked against the schema (unless told not to: a file the tests checked):
+    the data, and the line of every place that later checks may name (rules.I,
+    rules.I.KEY, rules.I.examples.K, and each part of an expression)."""
+    import yaml  # only a file that is not in the cache is parsed
 
+    # libyaml, when PyYAML has it: fifteen times as fast. One pass gives both the nodes
+    # (for lines) and the data.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
+        root = loader.get_single_node()
+        data: Any = None if root is None else loader.construct_document(root)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise RulesError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
-    errors = list(_validator().iter_errors(data))
+    finally:
+        loader.dispose()
+    errors = list(_validator().iter_errors(data)) if schema else []
     if errors:
         import jsonschema
 
@@ -237,8 +267,7 @@ def _rule(places: _Places, i: int, raw: dict[str, Any]) -> Rule:
     return Rule(id=raw["id"], title=raw["title"], severity=raw["severity"], subject=kind.name,
                 statement=raw["statement"], require=raw["require"], at=at, message=message,
                 remediation=remediation, examples=tuple(examples), article=places.data["article"],
-                source=str(places.path), line=places.line(here),
-                check=ops.compile_py(raw["require"]), layer_of=ops.compile_py(at))
+                source=str(places.path), line=places.line(here))
 
 
 def _template(places: _Places, where: list[Any], text: str, known: Sequence[str]) -> Template:
@@ -256,39 +285,47 @@ def _template(places: _Places, where: list[Any], text: str, known: Sequence[str]
 
 @dataclass(frozen=True)
 class _File:
+    """A rules file as read."""
+
     rules: tuple[Rule, ...]
     content: bytes  # as read: the cache's key
     entry: dict[str, Any]  # what the cache stores: the data and its lines
     cached: bool  # read from the cache: its examples passed before
+    shipped: bool  # a shipped file as the tests checked it: its examples need not run
 
 
-# Rule files read in this process, by (path, mtime, size): a process that checks many
-# inputs reads each file once, and a changed file is read again.
-_FILES: dict[tuple[str, int, int], _File] = {}
+# Rule files read in this process, by (path, mtime, size) and whether the cache and
+# rules/checked.sha256 were trusted: a process that checks many inputs reads each file
+# once, and a changed file is read again.
+_FILES: dict[tuple[tuple[str, int, int], bool], _File] = {}
 _CHECKED: set[tuple[str, int, int]] = set()  # those whose examples passed here
 
 
-def _read(path: Path) -> tuple[tuple[str, int, int], _File]:
+def _read(path: Path, trust: bool) -> tuple[tuple[str, int, int], _File]:
+    """A rules file, from the cache or a shipped file's record of being checked when
+    `trust`, else parsed and validated afresh (for kbrules test, which checks it)."""
     try:
         stat = path.stat()
         key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-        if key in _FILES:
-            return key, _FILES[key]
+        if (key, trust) in _FILES:
+            return key, _FILES[key, trust]
         content = path.read_bytes()
         text = content.decode("utf-8")
     except OSError as e:
         raise RulesError(f"{path}: cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         raise RulesError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    entry = cache.read(content)
+    entry = cache.read(content) if trust else None
     rules = _from_cache(path, entry)
-    if entry is not None and rules is not None:
-        _FILES[key] = _File(rules, content, entry, cached=True)
-    else:
-        data, lines = _parse(path, text)
-        _FILES[key] = _File(tuple(_build(path, data, lines)), content, {"data": data, "lines": lines},
-                            cached=False)
-    return key, _FILES[key]
+    cached = entry is not None and rules is not None
+    shipped = trust and shipped_unchanged(path, content)
+    if entry is None or rules is None:
+        data, lines = _parse(path, text, schema=not shipped)
+        entry = {"data": data, "lines": lines}
+        rules = tuple(_build(path, data, lines))
+    found = _File(rules, content, entry, cached, shipped)
+    _FILES[key, trust] = found
+    return key, found
 
 
 def _from_cache(path: Path, entry: Optional[dict[str, Any]]) -> Optional[tuple[Rule, ...]]:
@@ -304,6 +341,8 @@ def _from_cache(path: Path, entry: Optional[dict[str, Any]]) -> Optional[tuple[R
 
 def _check_examples(found: _File) -> None:
     """A rule whose own examples fail makes its file broken (Python engine)."""
+    from .examples import check_example  # only a file not checked before runs its examples
+
     for rule in found.rules:
         for number, example in enumerate(rule.examples, 1):
             problem = check_example(rule, example, number)
@@ -314,12 +353,14 @@ def _check_examples(found: _File) -> None:
 def load_rules(files: Optional[Sequence[Path]] = None, select: Sequence[str] = (),
                ignore: Sequence[str] = (), examples: bool = True) -> list[Rule]:
     """The rules of `files` (default: every shipped file), in file order, their ids
-    unique across files; with `examples`, each file's examples have passed (once: then
-    it is cached). `select` keeps only those ids, `ignore` drops those."""
+    unique across files. With `examples`, each file's examples have passed (once: then
+    it is cached), or it is a shipped file as the tests checked it; without, each file
+    is read and validated afresh, for the caller to run its examples (kbrules test, the
+    docs' build). `select` keeps only those ids, `ignore` drops those."""
     rules: list[Rule] = []
     owner: dict[str, Rule] = {}
     for path in files or default_files():
-        key, found = _read(Path(path))
+        key, found = _read(Path(path), trust=examples)
         for rule in found.rules:
             if rule.id in owner:
                 first = owner[rule.id]
@@ -327,7 +368,8 @@ def load_rules(files: Optional[Sequence[Path]] = None, select: Sequence[str] = (
                                  f"{first.source}:{first.line}")
             owner[rule.id] = rule
         if examples and not found.cached and key not in _CHECKED:
-            _check_examples(found)
+            if not found.shipped:
+                _check_examples(found)
             _CHECKED.add(key)
             cache.write(found.content, found.entry)
         rules.extend(found.rules)

@@ -19,6 +19,8 @@ def any_error(severities: Iterable[str]) -> bool:
 
 @dataclass(frozen=True)
 class Bitmap:
+    """One copy of a bitmap, in one layer."""
+
     name: str
     recording: bool
     inconsistent: bool
@@ -102,6 +104,8 @@ ADVICE = {"image": "an image on disk (qemu-img)", "qmp": "a running QEMU, over Q
 
 @dataclass(frozen=True)
 class Chain:
+    """A disk's backing chain, top first, as every input is normalized."""
+
     source: str  # "qemu-img" or "qmp"
     layers: tuple[Layer, ...]
     # False when the last layer names a backing file that is not in the input.
@@ -121,6 +125,8 @@ class Chain:
 
 @dataclass(frozen=True)
 class Finding:
+    """A rule that failed on a subject, at a layer: what it says and what to do."""
+
     rule: str
     severity: str
     layer: int
@@ -137,6 +143,8 @@ class Finding:
 
 @dataclass(frozen=True)
 class Verdict:
+    """Whether an incremental backup can start from a bitmap, and why not."""
+
     name: str
     valid: bool
     findings: tuple[Finding, ...]
@@ -156,6 +164,8 @@ class CheckpointVerdict:
 
 @dataclass(frozen=True)
 class Report:
+    """What checking a chain gives: the JSON report's content (report.to_dict)."""
+
     chain: Chain
     rules: tuple[str, ...]  # ids of the rules that ran, in file order
     bitmaps: tuple[Verdict, ...]

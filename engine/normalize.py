@@ -35,7 +35,7 @@ def parse_json(data: bytes, where: str) -> Any:
     except UnicodeDecodeError as e:
         bom = ", a UTF-16 byte order mark: convert it to UTF-8" if data.startswith(UTF16_BOMS) else ""
         raise InputError(f"{where}: not UTF-8 text (byte {e.start}{bom}); {SHAPES}") from None
-    if not text.strip():
+    if not text or text.isspace():  # (not strip(): it would copy the whole text)
         raise InputError(f"{where}: empty input; {SHAPES}")
     try:
         value = json.loads(text)
@@ -258,6 +258,7 @@ def _qemu_img(images: list[tuple[_At, dict[str, Any]]], at: _At, top: Optional[s
     if top is not None:
         raise InputError(f"{at.where}: --top picks a node of QMP data; this is qemu-img info output")
     layers = []
+    seen: dict[Any, Bitmap] = {}  # see _plain_bitmap
     for index, (here, image) in enumerate(images):
         filename = here.get(image, "filename", str, required=True)
         fmt = here.get(image, "format", str, required=True)
@@ -267,7 +268,7 @@ def _qemu_img(images: list[tuple[_At, dict[str, Any]]], at: _At, top: Optional[s
         if data is not None:
             dat = here / "format-specific" / "data"
             entries = dat.get(data, "bitmaps", list) or []
-            bitmaps = _unique(dat / "bitmaps", [_plain_bitmap(b) or _qemu_img_bitmap(dat / "bitmaps" / i, b)
+            bitmaps = _unique(dat / "bitmaps", [_plain_bitmap(b, seen) or _qemu_img_bitmap(dat / "bitmaps" / i, b)
                                                 for i, b in enumerate(entries)])
         layers.append(Layer(layer=index, filename=filename, format=fmt, node=None,
                             bitmaps=bitmaps, **facts))
@@ -294,16 +295,27 @@ def _image(here: _At, image: dict[str, Any]) -> tuple[dict[str, Any], Optional[d
     return facts, data
 
 
-def _plain_bitmap(entry: Any) -> Optional[Bitmap]:
+def _plain_bitmap(entry: Any, seen: dict[Any, Bitmap]) -> Optional[Bitmap]:
     """The common, well-formed bitmap entry, without building error paths; None sends
-    anything unusual to _qemu_img_bitmap, which says what is wrong."""
+    anything unusual to _qemu_img_bitmap, which says what is wrong. Equal entries give
+    one Bitmap, kept in `seen` (the model is immutable): a chain holds the same bitmaps
+    in layer after layer, and each is then built once, and checked once where a rule
+    reads only the bitmap (engine/pybackend.py)."""
     if type(entry) is not dict:
         return None
     name, flags, granularity = entry.get("name"), entry.get("flags", []), entry.get("granularity")
-    if (type(name) is not str or type(flags) is not list or any(type(f) is not str for f in flags)
-            or not (granularity is None or type(granularity) is int)):
+    if type(name) is not str or type(flags) is not list or not (granularity is None or type(granularity) is int):
         return None
-    return Bitmap(name, "auto" in flags, "in-use" in flags, True, False, granularity)
+    key = (name, tuple(flags), granularity)
+    try:
+        bitmap = seen.get(key)  # only well-formed entries are kept: all their flags are strings
+    except TypeError:  # an unhashable flag
+        return None
+    if bitmap is None:
+        if any(type(f) is not str for f in flags):
+            return None
+        bitmap = seen[key] = Bitmap(name, "auto" in flags, "in-use" in flags, True, False, granularity)
+    return bitmap
 
 
 def _qemu_img_bitmap(at: _At, entry: Any) -> Bitmap:
@@ -436,6 +448,8 @@ def _qmp_bitmaps(at: _At, node: dict[str, Any]) -> tuple[Bitmap, ...]:
 
 def _unique(at: _At, bitmaps: list[Bitmap]) -> tuple[Bitmap, ...]:
     """A layer holds at most one bitmap of a name (qcow2 and QEMU enforce it)."""
+    if len({b.name for b in bitmaps}) == len(bitmaps):  # the common case, at once
+        return tuple(bitmaps)
     seen: set[str] = set()
     for i, b in enumerate(bitmaps):
         if b.name in seen:

@@ -2,16 +2,18 @@
 
 An expression in a rule file is either a literal (string, number, boolean, null) or a
 mapping with exactly one key, the operation, whose value is its operand(s). Each
-operation has its Python meaning and its jq text side by side here, so that adding
-one touches only this table. Python follows jq's semantics (truthiness, equality,
-ordering) so both backends agree on every value.
+operation has its Python text and its jq text side by side here, so that adding one
+touches only this table; the Python engine compiles a rule set into plain Python
+functions from these texts (engine/pybackend.py). Python follows jq's semantics
+(truthiness, equality, ordering) so both backends agree on every value.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 Subject = dict[str, Any]
 Compiled = Callable[[Subject], Any]
@@ -103,41 +105,91 @@ def _numbers(types: Types) -> Types:
 
 @dataclass(frozen=True)
 class Op:
+    """An operation of the rule vocabulary: its typing, its Python and its jq."""
+
     name: str
     doc: str
     arity: int  # operands; 0 means "a list of one or more"
     takes: str  # how operands are typed: "condition", "equal", "order" or "string"
     gives: Types  # the types of its result
-    py: Callable[..., Any]  # takes the operands' values
-    jq: Callable[[list[str]], str]  # takes the operands' jq texts
+    # Python and jq texts of the operation, from its operands' texts. The Python text
+    # also gets the operands' types (what their values can be), so that it can be plain
+    # Python where that means what jq means; it may call the helpers of PY_HELPERS, and
+    # evaluates each operand at most once.
+    py: Callable[[list[str], list[Types]], str]
+    jq: Callable[[list[str]], str]
 
+
+def utf8_bytes(value: Any) -> Any:
+    return len(value.encode("utf-8")) if isinstance(value, str) else None
+
+
+# The names that the Python texts of operations (and of facts) may call.
+PY_HELPERS: dict[str, Any] = {"truthy": truthy, "jq_eq": jq_eq, "jq_cmp": jq_cmp,
+                              "utf8_bytes": utf8_bytes}
 
 _BOOL = frozenset({BOOLEAN})
+ANY: Types = frozenset({BOOLEAN, INTEGER, NUMBER, STRING, NULL})  # an operand of unknown type
+_NUMERIC = frozenset({INTEGER, NUMBER})
+
+
+def _true(text: str, types: Types) -> str:
+    """Python text that is True where jq's truthiness says true, else False."""
+    if types <= _BOOL:
+        return text
+    return f"({text} is True)" if types <= CONDITION else f"truthy({text})"
+
+
+def _same(ta: Types, tb: Types) -> bool:
+    """Python's == is jq's on these: unless a boolean may meet a number (True == 1)."""
+    return not ((BOOLEAN in ta and tb & _NUMERIC) or (BOOLEAN in tb and ta & _NUMERIC))
+
+
+def _ordered(ta: Types, tb: Types) -> bool:
+    """Python's < is jq's on these: numbers with numbers, strings with strings."""
+    return (ta | tb) <= _NUMERIC or (ta | tb) <= {STRING}
+
+
+def _eq(t: list[str], ty: list[Types]) -> str:
+    return f"({t[0]} == {t[1]})" if _same(*ty) else f"jq_eq({t[0]}, {t[1]})"
+
+
+def _ne(t: list[str], ty: list[Types]) -> str:
+    return f"({t[0]} != {t[1]})" if _same(*ty) else f"(not jq_eq({t[0]}, {t[1]}))"
+
+
+def _cmp(sign: str) -> Callable[[list[str], list[Types]], str]:
+    return lambda t, ty: (f"({t[0]} {sign} {t[1]})" if _ordered(*ty)
+                          else f"(jq_cmp({t[0]}, {t[1]}) {sign} 0)")
+
 
 OPS: dict[str, Op] = {
     op.name: op
     for op in (
         Op("not", "true when the operand is false or null", 1, "condition", _BOOL,
-           lambda a: not truthy(a), lambda t: f"({t[0]} | not)"),
+           lambda t, ty: f"(not {_true(t[0], ty[0])})", lambda t: f"({t[0]} | not)"),
+        # Operands are facts and literals: evaluating them all or stopping early is the same.
         Op("all", "true when every operand is true", 0, "condition", _BOOL,
-           lambda *a: all(truthy(x) for x in a), lambda t: "([" + ", ".join(t) + "] | all)"),
+           lambda t, ty: "(" + " and ".join(map(_true, t, ty)) + ")",
+           lambda t: "([" + ", ".join(t) + "] | all)"),
         Op("any", "true when at least one operand is true", 0, "condition", _BOOL,
-           lambda *a: any(truthy(x) for x in a), lambda t: "([" + ", ".join(t) + "] | any)"),
+           lambda t, ty: "(" + " or ".join(map(_true, t, ty)) + ")",
+           lambda t: "([" + ", ".join(t) + "] | any)"),
         Op("eq", "the two operands are equal (no type coercion)", 2, "equal", _BOOL,
-           jq_eq, lambda t: f"({t[0]} == {t[1]})"),
+           _eq, lambda t: f"({t[0]} == {t[1]})"),
         Op("ne", "the two operands differ", 2, "equal", _BOOL,
-           lambda a, b: not jq_eq(a, b), lambda t: f"({t[0]} != {t[1]})"),
+           _ne, lambda t: f"({t[0]} != {t[1]})"),
         Op("lt", "first < second, in jq's order of values", 2, "order", _BOOL,
-           lambda a, b: jq_cmp(a, b) < 0, lambda t: f"({t[0]} < {t[1]})"),
+           _cmp("<"), lambda t: f"({t[0]} < {t[1]})"),
         Op("le", "first <= second", 2, "order", _BOOL,
-           lambda a, b: jq_cmp(a, b) <= 0, lambda t: f"({t[0]} <= {t[1]})"),
+           _cmp("<="), lambda t: f"({t[0]} <= {t[1]})"),
         Op("gt", "first > second", 2, "order", _BOOL,
-           lambda a, b: jq_cmp(a, b) > 0, lambda t: f"({t[0]} > {t[1]})"),
+           _cmp(">"), lambda t: f"({t[0]} > {t[1]})"),
         Op("ge", "first >= second", 2, "order", _BOOL,
-           lambda a, b: jq_cmp(a, b) >= 0, lambda t: f"({t[0]} >= {t[1]})"),
+           _cmp(">="), lambda t: f"({t[0]} >= {t[1]})"),
         Op("bytes", "the length of a string in UTF-8 bytes (null for other values)", 1, "string",
            frozenset({INTEGER, NULL}),
-           lambda a: len(a.encode("utf-8")) if isinstance(a, str) else None,
+           lambda t, ty: f"len({t[0]}.encode('utf-8'))" if ty[0] <= {STRING} else f"utf8_bytes({t[0]})",
            lambda t: f"({t[0]} | if type == \"string\" then utf8bytelength else null end)"),
     )
 }
@@ -234,27 +286,40 @@ def expect_layer(expr: Any, types: Types, path: tuple[Any, ...]) -> None:
         raise ExprError(path, f"must be a layer index (integer), but {_what(expr)} is {describe(types)}")
 
 
-def compile_py(expr: Any) -> Compiled:
-    """A function of the subject's facts. Expressions are assumed schema-valid."""
+def py_literal(value: Any) -> str:
+    """Python text of a literal from a rules file. Only repr() of plain values turns
+    rules-file text into code: their repr() is their literal."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"float({str(value)!r})"  # inf, -inf, nan
+    assert value is None or isinstance(value, (bool, int, float, str)), value
+    return repr(value)
+
+
+def py_text(expr: Any, field: Callable[[str], str],
+            facts: Optional[Mapping[str, Types]] = None) -> str:
+    """Python text of the expression; `field` gives the text that reads a fact, by its
+    name, and `facts` the types of the facts (their values are then trusted to be of
+    those types; unknown: any value). Expressions are assumed schema-valid."""
+    return _py(expr, field, facts or {})[0]
+
+
+def _py(expr: Any, field: Callable[[str], str], facts: Mapping[str, Types]) -> tuple[str, Types]:
     if not isinstance(expr, dict):
-        return lambda _s: expr
+        return py_literal(expr), frozenset({type_of(expr)})
     (name, arg), = expr.items()
     if name == FIELD:
-        return lambda s: s.get(arg)
+        return field(arg), facts.get(arg, ANY)
     op = OPS[name]
-    if name == "not" and isinstance(arg, dict) and FIELD in arg:  # the most common check
-        key = arg[FIELD]
-        return lambda s: not truthy(s.get(key))
-    parts = [compile_py(e) for e in ([arg] if op.arity == 1 else arg)]
-    fn = op.py
-    # Specialized by operand count: this runs once per subject and rule, the hot path.
-    if len(parts) == 1:
-        (first,) = parts
-        return lambda s: fn(first(s))
-    if len(parts) == 2:
-        first, second = parts
-        return lambda s: fn(first(s), second(s))
-    return lambda s: fn(*[p(s) for p in parts])
+    texts, types = zip(*(_py(e, field, facts) for e in ([arg] if op.arity == 1 else arg)))
+    return op.py(list(texts), list(types)), op.gives
+
+
+def compile_py(expr: Any) -> Compiled:
+    """A function of a subject's facts given as a dict, of any values (the rule engine
+    compiles whole rule sets instead, with the facts' types: engine/pybackend.py)."""
+    text = py_text(expr, lambda name: f"s.get({name!r})")
+    fn: Compiled = eval(compile(f"lambda s: {text}", "<kbrules expression>", "eval"), dict(PY_HELPERS))
+    return fn
 
 
 def compile_jq(expr: Any) -> str:

@@ -59,6 +59,8 @@ class Stopped(KbrulesError):
 
 @dataclass(frozen=True)
 class Ran:
+    """What a run of qemu-img (or virsh) gave."""
+
     stdout: bytes
     stderr: str
     returncode: int
@@ -110,6 +112,16 @@ def joined(runs: Runs) -> Iterator[None]:
         yield
     finally:
         _local.runs = previous
+
+
+def run_program(argv: list[str], timeout: float) -> Ran:
+    """Run a trusted program (virsh) to its end, or kill it after `timeout` seconds:
+    subprocess.TimeoutExpired. No walls: it reads nothing from a guest. (LC_ALL=C:
+    messages in English, as kbrules quotes them.) FileNotFoundError when it is not
+    installed."""
+    done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False,
+                          stdin=subprocess.DEVNULL, env={**os.environ, "LC_ALL": "C"})
+    return Ran(done.stdout, done.stderr.decode("utf-8", "replace"), done.returncode)
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:

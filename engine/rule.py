@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from .model import Context
-from .ops import Compiled
 from .text import sh_quote, tostring
 
 FILTERS = ("sh",)  # {field|sh}: the value quoted as one word for a POSIX shell
@@ -107,6 +106,8 @@ class Template:
 
 @dataclass(frozen=True)
 class Example:
+    """One of a rule's own examples: an input that passes or fails it."""
+
     expect: str  # "pass" or "fail"
     bitmaps: tuple[str, ...]
     input: Any
@@ -117,12 +118,14 @@ class Example:
 
 @dataclass(frozen=True)
 class Rule:
+    """A rule as the loader makes it from its YAML."""
+
     id: str
     title: str
     severity: str
     subject: str  # a kind of engine.subjects.KINDS
     statement: str
-    require: Any  # the expression, as written
+    require: Any  # the expression, as written (engine/pybackend.py compiles the rule set)
     at: Any  # expression of the finding's layer
     message: Template
     remediation: dict[str, Template]  # by advice (model.ADVICE): whose commands fit
@@ -130,5 +133,3 @@ class Rule:
     article: str
     source: str  # the file it came from
     line: Optional[int]  # where the rule starts in it
-    check: Compiled
-    layer_of: Compiled

@@ -1,11 +1,14 @@
 """What rules are checked on: the subject kinds and their facts, one table.
 
 Each subject kind (a bitmap name, one copy of it, a layer, a libvirt checkpoint) is
-built from a Chain as a
-small context; each fact is computed from that context, in Python and in jq, side by
-side in the table below, the way engine/ops.py holds the operations. Both builders,
-the types that rules are checked against, and the docs' list of facts come from this
-table, so a fact cannot be in one and missing from another.
+built from a Chain as a small context; each fact is computed from that context, in
+Python and in jq, side by side in the table below, the way engine/ops.py holds the
+operations. A fact's Python is the text of an expression over its context's fields,
+each a name of its own (``len(copies)``), so that the Python engine can compile it
+into its rule functions (engine/pybackend.py); build() makes its dicts of facts from
+the same texts. Both builders, the types that rules are checked against, and the docs'
+list of facts come from this table, so a fact cannot be in one and missing from
+another.
 
 The contexts, in Python (NamedTuples below) and as the jq objects that
 ``jq_subjects()`` builds from the normalized chain (see jqbackend.PRELUDE):
@@ -26,12 +29,13 @@ One pass over the chain builds them all: the cost stays linear in the input.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from .model import Bitmap, Chain, Checkpoint, CheckpointDisk, Domain, Layer
-from .ops import BOOLEAN, INTEGER, NULL, STRING, Types
+from .ops import BOOLEAN, INTEGER, NULL, PY_HELPERS, STRING, Types
 
 
 class BitmapContext(NamedTuple):
@@ -86,21 +90,39 @@ class CheckpointContext(NamedTuple):
     disks: tuple[str, ...]
 
 
+# Each kind's context: its fields are the names that its facts' Python texts read.
+CONTEXTS: dict[str, Any] = {"bitmap": BitmapContext, "copy": CopyContext, "layer": LayerContext,
+                            "checkpoint": CheckpointContext}
+
+# A context field whose value many subjects share: normalize makes one Bitmap of equal
+# bitmap entries, which a chain holds in layer after layer. A rule whose facts read
+# only it is checked once per value (engine/pybackend.py).
+SHARED: dict[str, str] = {"copy": "bitmap"}
+
+
 def _covers(entry: Optional[CheckpointDisk]) -> bool:
     return entry is not None and entry.checkpoint == "bitmap"
 
 
+# What a fact's Python text may call, besides Python's builtins and its context's fields.
+FACT_HELPERS: dict[str, Any] = {**PY_HELPERS, "covers": _covers, "alike": alike}
+
+
 @dataclass(frozen=True)
 class Fact:
-    name: str
+    """A fact of a subject kind: its type, its doc, its Python and its jq."""
+
+    name: str  # a Python identifier
     types: Types
     doc: str
-    py: Callable[[Any], Any]  # of the subject's context
+    py: str  # Python text of an expression over the context's fields (and FACT_HELPERS)
     jq: str  # jq text of the same, applied to the context as `.`
 
 
 @dataclass(frozen=True)
 class Kind:
+    """A kind of subject that rules are checked on, with its facts."""
+
     name: str
     doc: str  # "each ...": what a rule of this subject is checked on, once each
     facts: tuple[Fact, ...]
@@ -121,82 +143,82 @@ _INT_OR_NULL, _STR_OR_NULL, _BOOL_OR_NULL = _t(INTEGER, NULL), _t(STRING, NULL),
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("bitmap", "each bitmap name being checked", (
-        Fact("name", _STR, "the bitmap's name", lambda c: c.name, ".name"),
+        Fact("name", _STR, "the bitmap's name", "name", ".name"),
         Fact("first_layer", _INT_OR_NULL, "the topmost layer holding it; null when no layer does",
-             lambda c: c.copies[0].layer if c.copies else None, ".copies[0].layer"),
-        Fact("copies", _INT, "how many layers hold it", lambda c: len(c.copies), ".copies | length"),
+             "copies[0].layer if copies else None", ".copies[0].layer"),
+        Fact("copies", _INT, "how many layers hold it", "len(copies)", ".copies | length"),
         Fact("chain_complete", _BOOL,
              "false when the last layer has a backing file missing from the input",
-             lambda c: c.complete, ".complete"),
-        Fact("last_layer", _INT, "the index of the last layer in the input", lambda c: c.last, ".last"),
+             "complete", ".complete"),
+        Fact("last_layer", _INT, "the index of the last layer in the input", "last", ".last"),
         Fact("granularities", _INT, "how many different granularities its copies have",
-             lambda c: len({x.bitmap.granularity for x in c.copies if x.bitmap.granularity is not None}),
+             "len({c.bitmap.granularity for c in copies} - {None})",
              "[.copies[].granularity | select(. != null)] | unique | length"),
         Fact("alike", _STR, "for a bitmap that no layer holds, the names the chain holds, most "
              "alike first (what a mistyped name meant); empty when a layer holds it",
-             lambda c: "" if c.copies else alike(c.name, c.present),
+             '"" if copies else alike(name, present)',
              'if (.copies | length) > 0 then "" else kb_alike(.name; .present) end'),
         Fact("has_checkpoint", _BOOL_OR_NULL,
              "a checkpoint of the libvirt domain names it for this disk; null without a domain",
-             lambda c: c.checkpointed, ".checkpointed"),
+             "checkpointed", ".checkpointed"),
     ), "bitmap"),
     Kind("copy", "each copy of a bitmap being checked, in every layer", (
-        Fact("name", _STR, "the bitmap's name", lambda c: c.bitmap.name, ".name"),
-        Fact("layer", _INT, "the layer holding this copy (0 is the top)", lambda c: c.layer, ".layer"),
+        Fact("name", _STR, "the bitmap's name", "bitmap.name", ".name"),
+        Fact("layer", _INT, "the layer holding this copy (0 is the top)", "layer", ".layer"),
         Fact("copies_above", _INT, "how many layers above this one hold the bitmap",
-             lambda c: c.above, ".above"),
+             "above", ".above"),
         Fact("recording", _BOOL, "the copy tracks writes (qemu-img flag 'auto')",
-             lambda c: c.bitmap.recording, ".recording"),
+             "bitmap.recording", ".recording"),
         Fact("inconsistent", _BOOL, "the copy was not saved cleanly (qemu-img flag 'in-use')",
-             lambda c: c.bitmap.inconsistent, ".inconsistent"),
+             "bitmap.inconsistent", ".inconsistent"),
         Fact("persistent", _BOOL, "the copy is stored in the image (always so in qemu-img data)",
-             lambda c: c.bitmap.persistent, ".persistent"),
-        Fact("busy", _BOOL, "a block job is using the copy (QMP only)", lambda c: c.bitmap.busy, ".busy"),
+             "bitmap.persistent", ".persistent"),
+        Fact("busy", _BOOL, "a block job is using the copy (QMP only)", "bitmap.busy", ".busy"),
         Fact("granularity", _INT_OR_NULL, "bytes per bit; null when not given",
-             lambda c: c.bitmap.granularity, ".granularity"),
+             "bitmap.granularity", ".granularity"),
     ), "bitmap"),
     Kind("layer", "each layer of the chain", (
-        Fact("layer", _INT, "the layer's index (0 is the top)", lambda c: c.layer.layer, ".layer.layer"),
-        Fact("format", _STR, "the image format: qcow2, raw...", lambda c: c.layer.format, ".layer.format"),
+        Fact("layer", _INT, "the layer's index (0 is the top)", "layer.layer", ".layer.layer"),
+        Fact("format", _STR, "the image format: qcow2, raw...", "layer.format", ".layer.format"),
         Fact("compat", _STR_OR_NULL, "qcow2 version: \"1.1\" (v3) or \"0.10\" (v2); null for other formats",
-             lambda c: c.layer.compat, ".layer.compat"),
+             "layer.compat", ".layer.compat"),
         Fact("corrupt", _t(BOOLEAN, NULL), "the qcow2 corrupt flag; null for other formats",
-             lambda c: c.layer.corrupt, ".layer.corrupt"),
+             "layer.corrupt", ".layer.corrupt"),
         Fact("dirty", _BOOL, "the qcow2 dirty flag (unclean shutdown with lazy refcounts)",
-             lambda c: c.layer.dirty, ".layer.dirty"),
+             "layer.dirty", ".layer.dirty"),
         Fact("backing", _STR_OR_NULL, "the backing file, resolved as qemu opens it; null for a base",
-             lambda c: c.layer.backing, ".layer.backing"),
+             "layer.backing", ".layer.backing"),
         Fact("backing_recorded", _STR_OR_NULL,
              "the backing file's name as written in the image (may be relative)",
-             lambda c: c.layer.backing_recorded, ".layer.backing_recorded"),
+             "layer.backing_recorded", ".layer.backing_recorded"),
         Fact("below_format", _STR_OR_NULL, "the format of the next layer in the input; null for the last",
-             lambda c: c.below.format if c.below is not None else None, ".below.format"),
+             "below.format if below is not None else None", ".below.format"),
         Fact("backing_format", _STR_OR_NULL, "the recorded backing format; null when qemu would probe it",
-             lambda c: c.layer.backing_format, ".layer.backing_format"),
+             "layer.backing_format", ".layer.backing_format"),
         Fact("bitmaps", _INT, "how many bitmaps this layer holds",
-             lambda c: len(c.layer.bitmaps), ".layer.bitmaps | length"),
+             "len(layer.bitmaps)", ".layer.bitmaps | length"),
         Fact("bitmaps_above", _INT, "how many bitmaps the layers above hold, all together",
-             lambda c: c.above, ".above"),
+             "above", ".above"),
         Fact("bitmaps_in_use", _INT, "how many of its bitmaps are inconsistent (qemu-img flag 'in-use')",
-             lambda c: sum(b.inconsistent for b in c.layer.bitmaps),
+             "sum(b.inconsistent for b in layer.bitmaps)",
              "[.layer.bitmaps[] | select(.inconsistent)] | length"),
         Fact("held", _BOOL_OR_NULL, "another program had the layer open read-write when it was "
              "read (its in-use flags then mean nothing); null when the input does not say",
-             lambda c: c.held, ".held"),
+             "held", ".held"),
     ), None),
     Kind("checkpoint", "each checkpoint of the libvirt domain", (
-        Fact("name", _STR, "the checkpoint's name", lambda c: c.checkpoint.name, ".checkpoint.name"),
+        Fact("name", _STR, "the checkpoint's name", "checkpoint.name", ".checkpoint.name"),
         Fact("bitmap", _STR_OR_NULL, "the name of its bitmap for this disk; null when it leaves the disk out",
-             lambda c: c.entry.bitmap if _covers(c.entry) else None,
+             "entry.bitmap if covers(entry) else None",
              '.entry | if . != null and .checkpoint == "bitmap" then .bitmap else null end'),
         Fact("covers", _BOOL, "a bitmap of the checkpoint tracks this disk",
-             lambda c: _covers(c.entry), '.entry != null and .entry.checkpoint == "bitmap"'),
+             "covers(entry)", '.entry != null and .entry.checkpoint == "bitmap"'),
         Fact("covered_disks", _INT, "how many disks a bitmap of the checkpoint tracks",
-             lambda c: sum(d.checkpoint == "bitmap" for d in c.checkpoint.disks),
+             "sum(d.checkpoint == 'bitmap' for d in checkpoint.disks)",
              '[.checkpoint.disks[] | select(.checkpoint == "bitmap")] | length'),
         Fact("gone_disks", _STR, "the disks it names that the domain no longer has, comma-separated; "
              "empty when none",
-             lambda c: ", ".join(d.name for d in c.checkpoint.disks if d.name not in c.disks),
+             "', '.join(d.name for d in checkpoint.disks if d.name not in disks)",
              '. as $c | [.checkpoint.disks[].name | select(. as $n | $c.disks | index([$n]) | not)] '
              '| join(", ")'),
     ), "checkpoint"),
@@ -210,14 +232,14 @@ class FindingContext(NamedTuple):
 
 
 FINDING_FIELDS: tuple[Fact, ...] = (
-    Fact("filename", _STR, "the layer's file name", lambda c: c.layer.filename, ".layer.filename"),
-    Fact("format", _STR, "the layer's format", lambda c: c.layer.format, ".layer.format"),
+    Fact("filename", _STR, "the layer's file name", "layer.filename", ".layer.filename"),
+    Fact("format", _STR, "the layer's format", "layer.format", ".layer.format"),
     Fact("node", _STR_OR_NULL, "the layer's QMP node-name; null for qemu-img input",
-         lambda c: c.layer.node, ".layer.node"),
+         "layer.node", ".layer.node"),
     Fact("domain", _STR_OR_NULL, "the libvirt domain's name; null without a domain",
-         lambda c: c.domain.name if c.domain is not None else None, ".domain.name"),
+         "domain.name if domain is not None else None", ".domain.name"),
     Fact("disk", _STR_OR_NULL, "the disk's target (vda...) in the libvirt domain; null without a domain",
-         lambda c: c.domain.disk if c.domain is not None else None, ".domain.disk"),
+         "domain.disk if domain is not None else None", ".domain.disk"),
 )
 
 
@@ -225,13 +247,47 @@ FINDING_FIELDS: tuple[Fact, ...] = (
 
 @dataclass(frozen=True)
 class Subjects:
+    """Every subject's facts, as dicts (build())."""
+
     names: tuple[str, ...]  # the bitmap names being checked, in report order
     by_kind: dict[str, list[dict[str, Any]]]  # kind -> each subject's facts
 
 
-def _maker(kind: Kind) -> Callable[[Any], dict[str, Any]]:
-    pairs = [(f.name, f.py) for f in kind.facts]
-    return lambda context: {name: py(context) for name, py in pairs}
+def unpack(context: Any) -> str:
+    """Python text that gives each field of a context its own name, from `c`."""
+    fields = context._fields
+    clash = set(fields) & set(FACT_HELPERS)
+    assert not clash, f"a context field would hide a helper: {clash}"
+    return f"{', '.join(fields)}{',' if len(fields) == 1 else ''} = c"
+
+
+@functools.lru_cache(maxsize=None)
+def reads(fact: Fact, context: Any) -> frozenset[str]:
+    """The fields of the context that a fact's Python text reads. (An attribute of the
+    same name as a field counts too: a fact may look as if it read more than it does,
+    never less.)"""
+    names: set[str] = set()
+    code = [compile(fact.py, f"<kbrules fact {fact.name}>", "eval")]
+    while code:
+        one = code.pop()
+        names.update(one.co_names)
+        code += [c for c in one.co_consts if hasattr(c, "co_names")]  # comprehensions
+    return frozenset(names) & frozenset(context._fields)
+
+
+@functools.lru_cache(maxsize=None)
+def dict_maker(facts: tuple[Fact, ...], context: Any) -> Callable[[Any], dict[str, Any]]:
+    """A function from a context to the dict of these facts, in the table's order,
+    compiled from their Python texts."""
+    items = ", ".join(f"{f.name!r}: ({f.py})" for f in facts)
+    source = f"def facts(c):\n    {unpack(context)}\n    return {{{items}}}\n"
+    namespace = dict(FACT_HELPERS)
+    exec(compile(source, f"<kbrules facts of {context.__name__}>", "exec"), namespace)
+    maker: Callable[[Any], dict[str, Any]] = namespace["facts"]
+    return maker
+
+
+_new = tuple.__new__
 
 
 def held(chain: Chain, layer: Layer) -> Optional[bool]:
@@ -255,7 +311,6 @@ def contexts(chain: Chain, requested: Optional[Sequence[str]]) -> tuple[tuple[st
     in the chain and every name a checkpoint gives this disk, sorted) and every
     subject's context, by kind."""
     held_by: dict[str, list[CopyContext]] = {}  # name -> its copies, top first
-    present: dict[str, None] = {}
     layers: list[LayerContext] = []
     wanted = set(requested) if requested else None
     total = 0  # bitmaps in the layers above
@@ -263,16 +318,22 @@ def contexts(chain: Chain, requested: Optional[Sequence[str]]) -> tuple[tuple[st
         below = chain.layers[index + 1] if index + 1 < len(chain.layers) else None
         layers.append(LayerContext(layer, below, total, held(chain, layer)))
         total += len(layer.bitmaps)
-        for b in layer.bitmaps:
-            present[b.name] = None
+        for b in layer.bitmaps:  # the hot loop: once per copy in the chain
             if wanted is None or b.name in wanted:
-                copies = held_by.setdefault(b.name, [])
-                copies.append(CopyContext(b, layer.layer, len(copies)))
+                copies = held_by.get(b.name)
+                if copies is None:
+                    copies = held_by[b.name] = []
+                # CopyContext(b, ...), without the NamedTuple's constructor, a Python
+                # function that would take most of this loop's time.
+                copies.append(_new(CopyContext, (b, layer.layer, len(copies))))
     named = checkpoint_bitmaps(chain)
-    names = tuple(dict.fromkeys(requested)) if requested else tuple(sorted({**present, **named}))
+    # Without names asked for, every copy is in held_by.
+    names = tuple(dict.fromkeys(requested)) if requested else tuple(sorted({**held_by, **named}))
     last = len(chain.layers) - 1
     checkpointed = (lambda n: n in named) if chain.domain is not None else (lambda n: None)
-    everything = tuple(sorted(present))
+    # Every name the chain holds (for `alike`); without names asked for, held_by has them all.
+    everything = tuple(sorted(held_by if wanted is None else
+                              {b.name for layer in chain.layers for b in layer.bitmaps}))
     bitmaps = [BitmapContext(n, held_by.get(n, []), chain.complete, last, checkpointed(n), everything)
                for n in names]
     copies = [c for n in names for c in held_by.get(n, ())]
@@ -288,15 +349,15 @@ def contexts(chain: Chain, requested: Optional[Sequence[str]]) -> tuple[tuple[st
 
 
 def build(chain: Chain, requested: Optional[Sequence[str]]) -> Subjects:
-    """Every subject's facts, from the table."""
+    """Every subject's facts, from the table, as dicts (the rule engine reads only the
+    facts its rules need: engine/pybackend.py)."""
     names, by_kind = contexts(chain, requested)
-    makers = {name: _maker(kind) for name, kind in KINDS.items()}
+    makers = {name: dict_maker(kind.facts, CONTEXTS[name]) for name, kind in KINDS.items()}
     return Subjects(names, {kind: [makers[kind](c) for c in found] for kind, found in by_kind.items()})
 
 
 def finding_fields(layer: Layer, domain: Optional[Domain]) -> dict[str, Any]:
-    context = FindingContext(layer, domain)
-    return {f.name: f.py(context) for f in FINDING_FIELDS}
+    return dict_maker(FINDING_FIELDS, FindingContext)(FindingContext(layer, domain))
 
 
 # jq ----------------------------------------------------------------------------------

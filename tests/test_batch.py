@@ -6,10 +6,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from engine.qemu import run_program
 from helpers import kbrules, make_chain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,3 +91,17 @@ def test_no_cache_when_disabled(tmp_path: Path) -> None:
                          env={**os.environ, "KBRULES_CACHE_DIR": "", "HOME": str(tmp_path),
                               "XDG_CACHE_HOME": str(tmp_path / "xdg")})
     assert run.returncode == 0 and not (tmp_path / "xdg").exists()
+
+
+def test_a_program_that_hangs_is_stopped_and_a_missing_one_named(tops: list[Path], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # How kbrules runs qemu-img and virsh: stopped at its timeout, and named when missing.
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_program(["sleep", "30"], 0.3)
+    assert time.monotonic() - started < 10
+    ran = run_program(["sh", "-c", "echo out; echo err >&2; exit 3"], 10)
+    assert (ran.stdout, ran.stderr, ran.returncode) == (b"out\n", "err\n", 3)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no qemu-img there
+    run = kbrules("check", str(tops[0]))
+    assert run.code == 2 and run.err.startswith("kbrules: qemu-img not found: install it"), run

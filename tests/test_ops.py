@@ -79,3 +79,25 @@ def test_literal_types() -> None:
     assert [ops.type_of(v) for v in (None, True, 3, 0.10, "0.10")] == \
         ["null", "boolean", "integer", "number", "string"]
     assert ops.describe(frozenset({"null", "integer"})) == "integer or null"
+
+
+# With the operands' types known (the facts' types in the table), the Python texts are
+# plain Python where that means what jq means: over values of those types, the same
+# results as the texts for values of any type, which agree with jq above.
+TYPED_VALUES: dict[str, list[Any]] = {"boolean": [True, False], "integer": [0, 1, -3, 1023],
+                                      "number": [2.5, 1.0], "string": ["", "a", "b", "é"],
+                                      "null": [None]}
+TYPE_SETS = [frozenset(t) for t in ({"boolean"}, {"boolean", "null"}, {"integer"}, {"integer", "null"},
+                                    {"integer", "number"}, {"string"}, {"string", "null"})]
+
+
+@pytest.mark.parametrize("expr", EXPRESSIONS, ids=json.dumps)
+def test_python_with_types_means_the_same(expr: Any) -> None:
+    general = ops.compile_py(expr)
+    for tx, ty in itertools.product(TYPE_SETS, repeat=2):
+        text = ops.py_text(expr, lambda name: f"s.get({name!r})", {"x": tx, "y": ty})
+        typed = eval(f"lambda s: {text}", dict(ops.PY_HELPERS))
+        for x, y in itertools.product(*([v for t in sorted(types) for v in TYPED_VALUES[t]] for types in (tx, ty))):
+            subject = {"x": x, "y": y}
+            want, got = general(subject), typed(subject)
+            assert (type(got), got) == (type(want), want), (text, subject, got, want)

@@ -63,6 +63,7 @@ def test_wheel_ships_and_runs_the_rules(tmp_path: Path) -> None:
         z.extractall(tmp_path / "site")
     for stem in ("incremental-backup", "image-health"):
         assert f"engine/rules/{stem}.yaml" in names and f"engine/rules/{stem}.jq" in names
+    assert "engine/rules/checked.sha256" in names  # their examples then do not run at start-up
     # Run from the unpacked wheel, away from the source tree.
     code = ("import json, sys; from engine.cli import main; sys.exit(main(['check', sys.argv[1], "
             "'--format', 'json']))")

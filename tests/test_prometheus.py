@@ -17,7 +17,8 @@ import pytest
 
 from engine.draw import GLYPHS
 
-from engine import formats, libvirt
+import engine
+from engine import libvirt
 from engine.errors import InputError, ToolTimeout
 from engine.formats import Result, exposition, label, replace_file
 from engine.model import Domain
@@ -142,7 +143,7 @@ def test_domain_disks_errors_and_skips_are_labelled_with_domain_disk_and_reason(
     }
     assert found[series("kbrules_last_run_timestamp_seconds")] == 1700000000.0
     assert found[series("kbrules_last_run_duration_seconds")] == 1.5
-    assert found[series("kbrules_build_info", version=formats.__version__)] == 1
+    assert found[series("kbrules_build_info", version=engine.__version__)] == 1
 
 
 @pytest.mark.parametrize("disk, reason", [

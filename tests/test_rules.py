@@ -3,13 +3,15 @@ name the file, the line and the rule."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
 
+from engine import loader
 from engine.errors import RulesError
 from engine.examples import ENGINES, check_example
-from engine.loader import default_files, load_rules
+from engine.loader import CHECKED, default_files, load_rules, rules_dir
 from engine.rule import Template
 from engine.text import sh_quote
 from helpers import kbrules
@@ -222,3 +224,40 @@ def test_list_and_explain() -> None:
     assert "\n      qemu-img bitmap --remove -- FILENAME NAME\n" in run.out
     bad = kbrules("explain", "bitmap-nope")
     assert bad.code == 2 and "unknown rule id 'bitmap-nope'" in bad.err
+
+
+# Shipped files as the tests checked them: their examples do not run at start-up.
+
+def test_checked_digests_are_fresh() -> None:
+    # This suite runs every shipped file's examples (and kbrules test, which validates
+    # each file afresh): the digests it lists are of files that pass.
+    listed = (rules_dir() / CHECKED).read_text()
+    fresh = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in default_files())
+    assert listed == fresh, (f"rules/{CHECKED} is stale: once kbrules test passes, "
+                             f"run (cd rules && sha256sum *.yaml > {CHECKED})")
+
+
+def test_a_shipped_file_is_trusted_only_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An installation whose one rules file has an example that fails, yet is listed as
+    # checked: listed, its examples are not run; changed by one byte, they are again.
+    shipped = tmp_path / "rules"
+    shipped.mkdir()
+    demo = shipped / "demo.yaml"
+    demo.write_text(GOOD.replace("data: {bitmaps: [{name: a, flags: [auto]}]}", "data: {bitmaps: [{name: a, flags: []}]}", 1))
+    (shipped / CHECKED).write_text(f"{hashlib.sha256(demo.read_bytes()).hexdigest()}  demo.yaml\n")
+    monkeypatch.setattr(loader, "rules_dir", lambda: shipped)
+    monkeypatch.setattr(loader, "_FILES", {})
+    monkeypatch.setattr(loader, "_CHECKED", set())
+    monkeypatch.setenv("KBRULES_CACHE_DIR", "")
+    loader._checked.cache_clear()
+    try:
+        assert [r.id for r in load_rules()] == ["demo-rule"]
+        assert kbrules("list").code == 0
+        # kbrules test checks it all the same.
+        run = kbrules("test")
+        assert run.code == 1 and "FAIL  demo-rule" in run.out
+        demo.write_text(demo.read_text() + "# changed\n")
+        with pytest.raises(RulesError, match=r"demo.yaml:13: rule demo-rule: example #1 \(pass\)"):
+            load_rules()
+    finally:
+        loader._checked.cache_clear()

@@ -108,9 +108,9 @@ def _broken(fact: subjects.Fact) -> dict[str, subjects.Kind]:
 
 @pytest.mark.parametrize("fact, says", [
     # Added to the table, but computed as nothing in both languages.
-    (subjects.Fact("size", frozenset({"integer"}), "", lambda c: None, "null"), "copy.size is always"),
+    (subjects.Fact("size", frozenset({"integer"}), "", "None", "null"), "copy.size is always"),
     # Computed in Python, forgotten in jq.
-    (subjects.Fact("size", frozenset({"integer"}), "", lambda c: c.layer * 2, "null"),
+    (subjects.Fact("size", frozenset({"integer"}), "", "layer * 2", "null"),
      "copy: Python"),
 ])
 def test_a_fact_missing_from_a_builder_is_caught(fact: subjects.Fact, says: str,
