@@ -8,16 +8,15 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence, Union
 
 from . import __version__, jqbackend, libvirt
 from .errors import KbrulesError, UsageError
 from .evaluate import evaluate
 from .examples import ENGINES, check_example
 from .formats import FORMATS, Output, Result, write_text
-from .inputs import STDIN, Input, read_input
+from .inputs import STDIN, Input, Raw, read_input, read_raw
 from .loader import load_rules
-from .model import any_error
 from .report import explanation
 from .rule import Rule
 from .text import count, show, table
@@ -53,14 +52,19 @@ examples:
 
 JQ_EPILOG = """\
 examples:
-  kbrules jq > rules.jq
-  qemu-img info --output=json --backing-chain top.qcow2 | jq -f rules.jq
-  jq -f rules.jq chain.json --args -- daily weekly   (only these bitmaps)
-  jq -f rules.jq qmp.json --arg top libvirt-1-format (QMP data of several disks)
+  kbrules jq > check.jq
+  qemu-img info --output=json --backing-chain top.qcow2 | jq -f check.jq
+  jq -f check.jq chain.json --args -- daily weekly   (only these bitmaps)
+  jq -f check.jq qmp.json --arg top libvirt-1-format (QMP data of several disks)
+  jq -f check.jq chain.json | jq -e .ok             (exit 0 when check would)
+  kbrules jq --module > kbrules.jq
+  jq -L . 'include "kbrules"; kbrules_report | .bitmaps[].name' chain.json
 
 Put the input file before --args: every word after it is a bitmap name ('--'
-keeps a name that starts with '-' from being read as an option).
-rules/*.jq in the source tree are these programs, generated per rules file."""
+keeps a name that starts with '-' from being read as an option). Bad input gets
+check's own one line on stderr and exit status 2. In the source tree (and the
+installed package), rules/check.jq and rules/kbrules.jq are these two, with
+every shipped rules file."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -117,9 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     jq = sub.add_parser(
         "jq", help="print the rules as one jq program", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Print a self-contained jq program that reads the same input as kbrules "
-                    "check and prints the same JSON report as kbrules check --format json.",
+                    "check, refuses the same bad input, and prints the same JSON report as "
+                    "kbrules check --format json.",
         epilog=JQ_EPILOG)
     _rule_options(jq)
+    jq.add_argument("--module", action="store_true",
+                    help="print it as a jq module (definitions only) for include or import: "
+                         "kbrules_report, kbrules_entry")
     test = sub.add_parser(
         "test", help="run every rule's own examples in both engines",
         description="Run each rule's pass and fail examples through the Python engine and the "
@@ -196,20 +204,20 @@ def check(args: argparse.Namespace) -> int:
 
 def _check_one(source: str, args: argparse.Namespace, rules: list[Rule], program: Any) -> Result:
     """One input's result; `program` is the compiled jq program for --engine jq."""
+    if program is not None:
+        # jq takes the value as read: it refuses bad input itself, in check's words.
+        return _judge(read_raw(source, top=args.top, image_format=args.image_format), args, rules, program)
     read = read_input(source, top=args.top, image_format=args.image_format,
                       force_share=args.force_share)
     return _judge(read, args, rules, program)
 
 
-def _judge(read: Input, args: argparse.Namespace, rules: list[Rule], program: Any) -> Result:
+def _judge(read: Union[Input, Raw], args: argparse.Namespace, rules: list[Rule], program: Any) -> Result:
     _warn(read.warnings)
     if program is not None:
-        # Read and normalized as for the Python engine, so that bad input gets the same
-        # one-line error; the report itself comes from jq.
-        data = jqbackend.run(program, read.value, args.bitmaps, args.top, read.context)
-        found = [f for key in ("bitmaps", "checkpoints") for b in data[key] for f in b["findings"]]
-        errors = any_error(f["severity"] for f in found + data["findings"])
-        return Result(read.name, EXIT_FINDINGS if errors else EXIT_OK, data)
+        data = jqbackend.run(program, read.value, args.bitmaps, args.top, read.context, where=read.name)
+        return Result(read.name, EXIT_OK if data["ok"] else EXIT_FINDINGS, data)
+    assert isinstance(read, Input)
     report = evaluate(read.chain, rules, args.bitmaps)
     return Result(read.name, EXIT_FINDINGS if report.has_error else EXIT_OK, report)
 
@@ -288,12 +296,10 @@ def _warn(warnings: Sequence[str]) -> None:
 
 
 def jq_program(args: argparse.Namespace) -> int:
+    # With the shipped rules: exactly the committed rules/check.jq or rules/kbrules.jq.
     rules = _rules(args)
-    if args.rules and len(args.rules) == 1 and not (args.select or args.ignore):
-        # Exactly the committed rules/<article>.jq, header included.
-        write_text(jqbackend.committed_program(rules, args.rules[0].stem).rstrip("\n"))
-    else:
-        write_text(jqbackend.compile_program(rules).rstrip("\n"))
+    text = jqbackend.module_file(rules) if args.module else jqbackend.program_file(rules)
+    write_text(text.rstrip("\n"))
     return EXIT_OK
 
 

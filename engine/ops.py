@@ -118,11 +118,13 @@ OPS: dict[str, Op] = {
     op.name: op
     for op in (
         Op("not", "true when the operand is false or null", 1, "condition", _BOOL,
-           lambda a: not truthy(a), lambda t: f"({t[0]} | not)"),
+           lambda a: not truthy(a), lambda t: f"(if {t[0]} then false else true end)"),
+        # jq's `and`/`or` judge truthiness as all/any do, give a boolean, and stop at
+        # the first operand that decides: facts after it are not computed.
         Op("all", "true when every operand is true", 0, "condition", _BOOL,
-           lambda *a: all(truthy(x) for x in a), lambda t: "([" + ", ".join(t) + "] | all)"),
+           lambda *a: all(truthy(x) for x in a), lambda t: "(" + " and ".join(t if len(t) > 1 else [*t, "true"]) + ")"),
         Op("any", "true when at least one operand is true", 0, "condition", _BOOL,
-           lambda *a: any(truthy(x) for x in a), lambda t: "([" + ", ".join(t) + "] | any)"),
+           lambda *a: any(truthy(x) for x in a), lambda t: "(" + " or ".join(t if len(t) > 1 else [*t, "false"]) + ")"),
         Op("eq", "the two operands are equal (no type coercion)", 2, "equal", _BOOL,
            jq_eq, lambda t: f"({t[0]} == {t[1]})"),
         Op("ne", "the two operands differ", 2, "equal", _BOOL,
@@ -257,13 +259,28 @@ def compile_py(expr: Any) -> Compiled:
     return lambda s: fn(*[p(s) for p in parts])
 
 
-def compile_jq(expr: Any) -> str:
+def _field_jq(name: str) -> str:
+    return f".[{json.dumps(name)}]"
+
+
+def compile_jq(expr: Any, field: Callable[[str], str] = _field_jq) -> str:
     """jq text of the expression, applied to the subject as `.`. Literals become JSON
-    text, which jq reads as the same literal."""
+    text, which jq reads as the same literal. `field` gives the jq text of a fact by
+    name (default: the subject's key of that name)."""
     if not isinstance(expr, dict):
         return json.dumps(expr)
     (name, arg), = expr.items()
     if name == FIELD:
-        return f".[{json.dumps(arg)}]"
+        return field(arg)
     op = OPS[name]
-    return op.jq([compile_jq(e) for e in ([arg] if op.arity == 1 else arg)])
+    return op.jq([compile_jq(e, field) for e in ([arg] if op.arity == 1 else arg)])
+
+
+def fields(expr: Any) -> set[str]:
+    """The names of the facts an expression reads."""
+    if not isinstance(expr, dict):
+        return set()
+    (name, arg), = expr.items()
+    if name == FIELD:
+        return {arg}
+    return set().union(*(fields(e) for e in ([arg] if OPS[name].arity == 1 else arg)))

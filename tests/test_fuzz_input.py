@@ -27,8 +27,8 @@ RULES = load_rules()
 
 # ------------------------------------------------------------------ the contract
 
-REPORT_KEYS = {"source", "chain", "rules", "bitmaps", "findings", "domain", "checkpoints",
-               "newest_usable_checkpoint"}
+REPORT_KEYS = {"ok", "errors", "warnings", "source", "chain", "rules", "bitmaps", "findings", "domain",
+               "checkpoints", "newest_usable_checkpoint"}
 CHAIN_KEYS = {"layer", "filename", "format", "node"}
 VERDICT_KEYS = {"name", "valid", "findings"}
 FINDING_KEYS = {"rule", "severity", "layer", "filename", "message", "remediation", "caveat"}
@@ -74,6 +74,11 @@ def check_outcome(run: Run) -> Optional[dict[str, Any]]:
         check_finding(f, len(chain))
         errors |= f["severity"] == "error"
     assert run.code == (1 if errors else 0), (run.code, errors)
+    # The overall verdict says the same as the exit status, and counts what it counts.
+    found = [f["severity"] for v in report["bitmaps"] + report["checkpoints"] for f in v["findings"]]
+    found += [f["severity"] for f in report["findings"]]
+    assert (report["ok"], report["errors"], report["warnings"]) == \
+        (run.code == 0, found.count("error"), found.count("warning")), report
     names = [v["name"] for v in report["bitmaps"]]
     assert len(names) == len(set(names)), names
     return report
