@@ -433,6 +433,13 @@ def kb_checkpoint_contexts($ix):
 # A shell word (engine.text.sh_quote). Not @sh: libjq 1.8 writes NUL as \0 there.
 def kb_sh: if type == "string" then "'" + (split("'") | join(@SH_ESCAPED@)) + "'" else tostring end;
 
+# A template (engine.rule.Template, as jqbackend.template_parts gives it) rendered
+# with the finding's context (.).
+def kb_render($parts):
+  . as $c
+  | reduce $parts[] as $p (""; . + (if ($p | type) == "string" then $p
+                                   elif $p[1] == "sh" then $c[$p[0]] | kb_sh else $c[$p[0]] | tostring end));
+
 # The context of a finding at layer $at: the layer's fields, then the facts (which win).
 def kb_finding_context($chain; $at; $facts): ({layer: $chain.layers[$at], domain: $chain.domain} | kb_finding_fields) + $facts;
 
@@ -512,24 +519,62 @@ def kbrules_entry($args):
   kb_outcome($args) as $o
   | {input: kb_where($args)} + (if $o.error != null then {error: ($o.error | kb_show)} else $o.report end);
 def kbrules_entry: kbrules_entry({});
+
+# ------------------------------------------------------------------ the program's entry
+
+# The next input that jq reads: {value} or {error} (jq's message for text that is not
+# JSON), with the file it comes from; {end} when there is none.
+def kb_next:
+  (try {value: input} catch (if . == "break" or . == "No more inputs" then {end: true} else {error: .} end)) as $next
+  | $next + {file: (input_filename // "<stdin>")};  # (`a + b` runs b first)
+
+def kb_all_inputs: kb_next | if .end then empty elif .error != null then . else ., kb_all_inputs end;
+
+# What `jq -f check.jq` runs. Under jq -n (no input read yet: input_filename is null)
+# it reads the input itself, as `kbrules check` reads one: each file must hold one
+# JSON value, and an input that is empty or not JSON is refused too (the words in
+# parentheses are then jq's own). Otherwise jq reads the input: each JSON value is
+# checked in turn.
+def kbrules_main($args):
+  if input_filename != null or . != null then kbrules_report($args)
+  else [kb_all_inputs] as $in
+  | ($args.named // {}) as $named
+  | (first($in[] | select(.error != null))
+     // first(range(1; $in | length) as $i | $in[$i] | select(.file == $in[$i - 1].file) | {file, error: "more than one JSON value"})
+     // null) as $bad
+  | (if $in == [] then ["empty input; @SHAPES@", $named.input // "<stdin>"]
+     elif $bad != null then
+       [ (if $bad.error | (contains("Unfinished") or contains("unexpected EOF")) then "truncated JSON" else "not JSON" end)
+         + " (\($bad.error | split("\n") | map(select(. != "")) | last | split("^  ") | last))", $named.input // $bad.file ]
+     else null end) as $refusal
+  | if $refusal != null then "kbrules: \($refusal[1] + ": " + $refusal[0] | kb_show)\n" | halt_error(2)
+    else $in[] | .file as $file | .value | kbrules_report($args + {named: ({input: $file} + $named)}) end end;
 """
 
 # As a jq file: $ARGS holds --arg top NODE, --arg input NAME and --args NAME... .
-ENTRY_CLI = "\nkbrules_report($ARGS)\n"
+ENTRY_CLI = "\nkbrules_main($ARGS)\n"
 # Through the binding: the input and the arguments arrive together as [input, args],
 # so the program compiles once (the binding binds variables at compile time).
 ENTRY_BINDING = "\n.[1] as $args | .[0] | kb_outcome($args)\n"
 
 
-def template_jq(template: Template) -> str:
-    """jq text that renders the template against the finding's context (`.`)."""
-    parts = []
+def template_parts(template: Template) -> list[Any]:
+    """A template as data for kb_render: literal strings, and [field, filter] for each
+    placeholder (data compiles to one constant: jq 1.6 compiles code slowly)."""
+    parts: list[Any] = []
     for literal, field, filt in template.parts:
         if literal:
-            parts.append(json.dumps(literal))
+            parts.append(literal)
         if field is not None:
-            parts.append(f"(.[{json.dumps(field)}] | {'kb_sh' if filt == 'sh' else 'tostring'})")
-    return " + ".join(parts) or '""'
+            parts.append([field, filt])
+    return parts
+
+
+def rule_data(rules: Sequence[Rule]) -> list[dict[str, Any]]:
+    """What kb_finding needs of each rule, by its index."""
+    return [{"id": r.id, "severity": r.severity, "si": SEVERITIES.index(r.severity), "kind": r.subject,
+             "group": subjects.KINDS[r.subject].group, "message": template_parts(r.message),
+             "remediation": {a: template_parts(t) for a, t in r.remediation.items()}} for r in rules]
 
 
 def _facts_jq(kind: str) -> Callable[[str], str]:
@@ -544,35 +589,21 @@ def condition_jq(rule: Rule) -> str:
     return ops.compile_jq(rule.require, _facts_jq(rule.subject))
 
 
-def finding_def(rule: Rule, index: int) -> str:
-    """def kb_f<index>($chain): the finding of one rule on a subject's context (`.`)
-    that fails it, tagged with its severity's and the rule's index (for ordering) and
-    the subject's name (for grouping under a bitmap or checkpoint)."""
-    group = subjects.KINDS[rule.subject].group
-    if len({t.text for t in rule.remediation.values()}) == 1:
-        advice = template_jq(next(iter(rule.remediation.values())))
-    else:
-        advice = " el".join(f"if $chain.advice == {json.dumps(a)} then {template_jq(t)}\n    "
-                            for a, t in rule.remediation.items()) + "else null end"
-    return (f"def kb_f{index}($chain):  # {rule.id}\n"
-            f"  ({ops.compile_jq(rule.at, _facts_jq(rule.subject))}) as $at\n"
-            f"  | kb_facts_{rule.subject} as $facts\n"
-            f"  | kb_finding_context($chain; $at; $facts)\n"
-            f"  | {{ rule: {json.dumps(rule.id)}, severity: {json.dumps(rule.severity)}, layer: $at,\n"
-            f"      filename: .filename, message: ({template_jq(rule.message)}),\n"
-            f"      remediation: ({advice}), caveat: null,\n"
-            f"      si: {SEVERITIES.index(rule.severity)}, ri: {index}, name: $facts.name, group: {json.dumps(group)} }};")
+def finding_jq(rule: Rule, index: int) -> str:
+    """jq text of the finding of rule `index` on a subject's context (`.`) that fails it."""
+    return f"kb_finding($chain; {index}; {ops.compile_jq(rule.at, _facts_jq(rule.subject))})"
 
 
-def _checks(rules: Sequence[tuple[int, Rule]], extra: Sequence[str] = ()) -> str:
-    """jq text of every rule's findings on one subject (`.`): one test whether it passes
-    them all (the common case), and only when it does not, each rule on its own."""
-    if not rules and not extra:
-        return "empty"
-    conditions = [condition_jq(r) for _, r in rules]
-    each = [*extra, *(f"(if {c} then empty else kb_f{i}($chain) end)" for (i, _), c in zip(rules, conditions))]
-    passes = " and ".join(([] if not extra else ["$fine[.[2]]"]) + conditions)
-    return f"if {passes} then empty\n      else {', '.join(each)} end"
+def _checks(rules: Sequence[tuple[int, Rule]], fast: Sequence[str] = ()) -> str:
+    """jq text of every rule's findings on one subject (`.`). For copies (`fast` given:
+    the test of the rules checked by flags), one test first whether it passes them all,
+    the common case, and each rule on its own only when it does not; elsewhere each
+    rule on its own (its condition written once: compiling costs more than running)."""
+    each = [f"(if {condition_jq(r)} then empty else {finding_jq(r, i)} end)" for i, r in rules]
+    if not fast:
+        return ", ".join(each) or "empty"
+    passes = " and ".join(["$fine[.[2]]", *(condition_jq(r) for _, r in rules)])
+    return f"if {passes} then empty\n      else {', '.join([*fast, *each])} end"
 
 
 def _copy_findings(rules: Sequence[tuple[int, Rule]]) -> list[str]:
@@ -585,7 +616,7 @@ def _copy_findings(rules: Sequence[tuple[int, Rule]]) -> list[str]:
         # For each flags number: the flag rules that fail, and whether none does
         # (computed once per run).
         table = ", ".join(f"(if {condition_jq(r)} then empty else {i} end)" for i, r in flags)
-        dispatch = " el".join(f"if . == {i} then ($c | kb_f{i}($chain)) " for i, _ in flags) + "else empty end"
+        dispatch = " el".join(f"if . == {i} then ($c | {finding_jq(r, i)}) " for i, r in flags) + "else empty end"
         out.append(f"( [ range(0; 16) as $c | [null, null, $c, null, null] | [ {table} ] ] as $fail\n"
                    f"    | ($fail | map(. == [])) as $fine\n"
                    f"    | kb_copy_contexts($ix) | . as $c\n"
@@ -594,7 +625,7 @@ def _copy_findings(rules: Sequence[tuple[int, Rule]]) -> list[str]:
         out.append(f"( kb_copy_contexts($ix)\n    | {_checks(each)} )")
     for i, r in names:
         out.append(f"( $ix.names[] as $name | [$name] | if {condition_jq(r)} then empty else\n"
-                   f"    kb_copies_of($ix; $name) | kb_f{i}($chain) end )")
+                   f"    kb_copies_of($ix; $name) | {finding_jq(r, i)} end )")
     return out
 
 
@@ -611,8 +642,21 @@ def rule_findings(rules: Sequence[Rule]) -> str:
         else:
             parts.append(f"( kb_{kind}_contexts($ix)\n    | {_checks(found)} )")
     body = ",\n  ".join(parts) or "empty"
-    defs = "\n\n".join(finding_def(r, i) for i, r in enumerate(rules))
-    return f"{defs}\n\ndef kb_rule_findings($ix):\n  $ix.chain as $chain\n  | {body};"
+    kinds = " el".join(f"if $rule.kind == {json.dumps(k)} then kb_facts_{k} " for k in subjects.KINDS) + "else null end"
+    return f"""# The finding of rule $i on a subject (.) that fails it, at layer $at; tagged with its
+# severity's and the rule's index (for ordering) and the subject's name (for grouping).
+def kb_finding($chain; $i; $at):
+  $chain.rules[$i] as $rule
+  | ({kinds}) as $facts
+  | kb_finding_context($chain; $at; $facts) as $c
+  | {{ rule: $rule.id, severity: $rule.severity, layer: $at, filename: $c.filename,
+      message: ($c | kb_render($rule.message)), remediation: ($c | kb_render($rule.remediation[$chain.advice])),
+      caveat: null, si: $rule.si, ri: $i, name: $facts.name, group: $rule.group }};
+
+def kb_rule_findings($ix):
+  # The rules' data as one JSON string: a string literal costs jq 1.6 nothing to compile.
+  ($ix.chain + {{rules: ({json.dumps(json.dumps(rule_data(rules), separators=(",", ":")))} | fromjson)}}) as $chain
+  | {body};"""
 
 
 def _look_alike_jq() -> str:
@@ -638,7 +682,7 @@ def module(rules: Sequence[Rule], header: str = "") -> str:
                        ("@SH_ESCAPED@", json.dumps(SH_ESCAPED))):
         prelude = prelude.replace(key, value)
     main = MAIN.replace("@RULE_IDS@", json.dumps([r.id for r in rules])).replace(
-        "@RULE_FINDINGS@", rule_findings(rules))
+        "@RULE_FINDINGS@", rule_findings(rules)).replace("@SHAPES@", json.dumps(SHAPES)[1:-1])
     return header + prelude + main
 
 

@@ -406,6 +406,13 @@ def kb_finding_fields: { "filename": (.layer.filename), "format": (.layer.format
 # A shell word (engine.text.sh_quote). Not @sh: libjq 1.8 writes NUL as \0 there.
 def kb_sh: if type == "string" then "'" + (split("'") | join("'\\''")) + "'" else tostring end;
 
+# A template (engine.rule.Template, as jqbackend.template_parts gives it) rendered
+# with the finding's context (.).
+def kb_render($parts):
+  . as $c
+  | reduce $parts[] as $p (""; . + (if ($p | type) == "string" then $p
+                                   elif $p[1] == "sh" then $c[$p[0]] | kb_sh else $c[$p[0]] | tostring end));
+
 # The context of a finding at layer $at: the layer's fields, then the facts (which win).
 def kb_finding_context($chain; $at; $facts): ({layer: $chain.layers[$at], domain: $chain.domain} | kb_finding_fields) + $facts;
 
@@ -416,201 +423,32 @@ def kb_subjects($req; $ctx):
       layer: [kb_layer_contexts($ix) | kb_facts_layer], checkpoint: [kb_checkpoint_contexts($ix) | kb_facts_checkpoint] };
 
 # ------------------------------------------------------------------ the report
-def kb_f0($chain):  # bitmap-has-checkpoint
-  (0) as $at
-  | kb_facts_bitmap as $facts
-  | kb_finding_context($chain; $at; $facts)
-  | { rule: "bitmap-has-checkpoint", severity: "error", layer: $at,
-      filename: .filename, message: ("bitmap '" + (.["name"] | tostring) + "' of disk " + (.["disk"] | tostring) + " has no checkpoint in domain " + (.["domain"] | tostring) + ": libvirt refuses an incremental backup from it (Domain checkpoint not found)"),
-      remediation: ("The next backup can only be a full one: take it with a new checkpoint (virsh backup-begin -- " + (.["domain"] | kb_sh) + " BACKUP.xml CHECKPOINT.xml). If no other tool uses the bitmap, remove it: from a running domain, QMP block-dirty-bitmap-remove on each node that holds it (virsh qemu-monitor-command); with the domain shut off, qemu-img bitmap --remove -- FILE " + (.["name"] | kb_sh) + " for each layer that holds it."), caveat: null,
-      si: 0, ri: 0, name: $facts.name, group: "bitmap" };
-
-def kb_f1($chain):  # checkpoint-covers-disk
-  (0) as $at
-  | kb_facts_checkpoint as $facts
-  | kb_finding_context($chain; $at; $facts)
-  | { rule: "checkpoint-covers-disk", severity: "info", layer: $at,
-      filename: .filename, message: ("checkpoint '" + (.["name"] | tostring) + "' leaves disk " + (.["disk"] | tostring) + " out: an incremental backup of " + (.["disk"] | tostring) + " cannot start from it"),
-      remediation: ("Nothing to repair. Back the disk up in full, or leave it out of incremental backups from this checkpoint (<disk name='" + (.["disk"] | tostring) + "' backup='no'/> in the backup XML); the next checkpoint that covers it starts its incremental backups."), caveat: null,
-      si: 2, ri: 1, name: $facts.name, group: "checkpoint" };
-
-def kb_f2($chain):  # checkpoint-covers-a-disk
-  (0) as $at
-  | kb_facts_checkpoint as $facts
-  | kb_finding_context($chain; $at; $facts)
-  | { rule: "checkpoint-covers-a-disk", severity: "warning", layer: $at,
-      filename: .filename, message: ("checkpoint '" + (.["name"] | tostring) + "' of domain " + (.["domain"] | tostring) + " leaves every disk out: no incremental backup can start from it"),
-      remediation: ("Delete the record (virsh checkpoint-delete --metadata -- " + (.["domain"] | kb_sh) + " " + (.["name"] | kb_sh) + "); it holds no bitmap."), caveat: null,
-      si: 1, ri: 2, name: $facts.name, group: "checkpoint" };
-
-def kb_f3($chain):  # checkpoint-disks-exist
-  (0) as $at
-  | kb_facts_checkpoint as $facts
-  | kb_finding_context($chain; $at; $facts)
-  | { rule: "checkpoint-disks-exist", severity: "info", layer: $at,
-      filename: .filename, message: ("checkpoint '" + (.["name"] | tostring) + "' names disks that domain " + (.["domain"] | tostring) + " no longer has: " + (.["gone_disks"] | tostring)),
-      remediation: ("Nothing to repair: backups from it still work for the disks that remain."), caveat: null,
-      si: 2, ri: 3, name: $facts.name, group: "checkpoint" };
-
-def kb_f4($chain):  # image-corrupt
-  ((.layer.layer)) as $at
-  | kb_facts_layer as $facts
-  | kb_finding_context($chain; $at; $facts)
-  | { rule: "image-corrupt", severity: "error", layer: $at,
-      filename: .filename, message: ("layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ") is flagged corrupt: QEMU will only open it read-only"),
-      remediation: ("Copy the file first, then, with no program using it, run qemu-img check -r all " + (.["filename"] | kb_sh) + ". If the check cannot repair it, restore the layer from a backup."), caveat: null,
-      si: 0, ri: 4, name: $facts.name, group: null };
-
-def kb_f5($chain):  # image-dirty
-  ((.layer.layer)) as $at
-  | kb_facts_layer as $facts
-  | kb_finding_context($chain; $at; $facts)
-  | { rule: "image-dirty", severity: "warning", layer: $at,
-      filename: .filename, message: ("layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ") is dirty: it was not closed cleanly while lazy refcounts were on"),
-      remediation: ("With no program using the image, run qemu-img check -r all " + (.["filename"] | kb_sh) + " to rebuild the refcounts (opening it read-write in QEMU does the same)."), caveat: null,
-      si: 1, ri: 5, name: $facts.name, group: null };
-
-def kb_f6($chain):  # backing-format-probed
-  ((.layer.layer)) as $at
-  | kb_facts_layer as $facts
-  | kb_finding_context($chain; $at; $facts)
-  | { rule: "backing-format-probed", severity: "error", layer: $at,
-      filename: .filename, message: ("layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ") names its backing file " + (.["backing"] | tostring) + " without a format: QEMU would probe it, and libvirt refuses the chain"),
-      remediation: ("Record the format without touching any data: qemu-img rebase -u -F " + (.["below_format"] | tostring) + " -b " + (.["backing_recorded"] | kb_sh) + " -- " + (.["filename"] | kb_sh) + " (the format shown is what qemu-img probed; make sure it is the real one)."), caveat: null,
-      si: 0, ri: 6, name: $facts.name, group: null };
-
-def kb_f7($chain):  # bitmap-granularity-mismatch
-  (0) as $at
-  | kb_facts_bitmap as $facts
-  | kb_finding_context($chain; $at; $facts)
-  | { rule: "bitmap-granularity-mismatch", severity: "warning", layer: $at,
-      filename: .filename, message: ("bitmap '" + (.["name"] | tostring) + "' has " + (.["granularities"] | tostring) + " different granularities across the layers"),
-      remediation: ("Nothing is lost. To align them, start the bitmap anew with one granularity at the next full backup (qemu-img bitmap --add -g BYTES, or the granularity of a libvirt checkpoint)."), caveat: null,
-      si: 1, ri: 7, name: $facts.name, group: "bitmap" };
-
-def kb_f8($chain):  # bitmap-busy
-  ((.[1])) as $at
-  | kb_facts_copy as $facts
-  | kb_finding_context($chain; $at; $facts)
-  | { rule: "bitmap-busy", severity: "warning", layer: $at,
-      filename: .filename, message: ("bitmap '" + (.["name"] | tostring) + "' in layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ") is busy: a block job is using it"),
-      remediation: ("Let the job finish or cancel it (virsh domjobinfo DOMAIN, QMP query-block-jobs), then check again."), caveat: null,
-      si: 1, ri: 8, name: $facts.name, group: "bitmap" };
-
-def kb_f9($chain):  # bitmap-name-invalid
-  ((.[1])) as $at
-  | kb_facts_copy as $facts
-  | kb_finding_context($chain; $at; $facts)
-  | { rule: "bitmap-name-invalid", severity: "error", layer: $at,
-      filename: .filename, message: ("bitmap '" + (.["name"] | tostring) + "' in layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ") has a name that is empty or longer than 1023 bytes"),
-      remediation: ("QEMU cannot have made it: check where the data came from. A bitmap with such a name cannot be used; create a new one with a valid name at the next full backup."), caveat: null,
-      si: 0, ri: 9, name: $facts.name, group: "bitmap" };
-
-def kb_f10($chain):  # layer-cannot-hold-bitmaps
-  ((.layer.layer)) as $at
-  | kb_facts_layer as $facts
-  | kb_finding_context($chain; $at; $facts)
-  | { rule: "layer-cannot-hold-bitmaps", severity: "info", layer: $at,
-      filename: .filename, message: ("layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ") cannot store persistent bitmaps (only qcow2 with compat 1.1 can): the bitmaps of the layers above end above it"),
-      remediation: ("Nothing to fix. To let bitmaps reach this layer: if it is qcow2 v2, qemu-img amend -o compat=1.1 -- " + (.["filename"] | kb_sh) + " upgrades it in place; a raw layer cannot be amended, only copied to qcow2 (qemu-img convert -f raw -O qcow2) with the layer above rebased onto the copy."), caveat: null,
-      si: 2, ri: 10, name: $facts.name, group: null };
-
-def kb_f11($chain):  # top-bitmaps-in-use
-  ((.layer.layer)) as $at
-  | kb_facts_layer as $facts
-  | kb_finding_context($chain; $at; $facts)
-  | { rule: "top-bitmaps-in-use", severity: "warning", layer: $at,
-      filename: .filename, message: ("every bitmap of the top image " + (.["filename"] | tostring) + " is in use: a VM may have it open right now (this data is then stale), or its last writer crashed"),
-      remediation: ("Ask the running VM for the live answer before removing anything (kbrules check --domain DOMAIN, or QMP query-named-block-nodes piped to kbrules check -). If no VM uses the image, its writer crashed: the bitmaps are broken (see bitmap-consistent)."), caveat: null,
-      si: 1, ri: 11, name: $facts.name, group: null };
-
-def kb_f12($chain):  # bitmap-in-top
-  (0) as $at
-  | kb_facts_bitmap as $facts
-  | kb_finding_context($chain; $at; $facts)
-  | { rule: "bitmap-in-top", severity: "error", layer: $at,
-      filename: .filename, message: ("bitmap '" + (.["name"] | tostring) + "' is not in the top image " + (.["filename"] | tostring)),
-      remediation: (if $chain.advice == "image" then "This bitmap cannot serve an incremental backup. Take a new full backup and start a new bitmap in the top image with it (qemu-img bitmap --add -- " + (.["filename"] | kb_sh) + " " + (.["name"] | kb_sh) + ", image offline)."
-     elif $chain.advice == "qmp" then "This bitmap cannot serve an incremental backup. Take a new full backup and start a new persistent bitmap in the top node with it (QMP block-dirty-bitmap-add on node " + (.["node"] | tostring) + ", \"persistent\": true, in the same transaction as the backup job)."
-     elif $chain.advice == "libvirt" then "This checkpoint cannot serve an incremental backup of disk " + (.["disk"] | tostring) + ". Take a new full backup with a new checkpoint (virsh backup-begin -- " + (.["domain"] | kb_sh) + " BACKUP.xml CHECKPOINT.xml); then delete the old checkpoint (virsh checkpoint-delete -- " + (.["domain"] | kb_sh) + " " + (.["name"] | kb_sh) + ", with --metadata when no layer holds its bitmap any more)."
-    else null end), caveat: null,
-      si: 0, ri: 12, name: $facts.name, group: "bitmap" };
-
-def kb_f13($chain):  # bitmap-contiguous
-  ((.[1])) as $at
-  | kb_facts_copy as $facts
-  | kb_finding_context($chain; $at; $facts)
-  | { rule: "bitmap-contiguous", severity: "error", layer: $at,
-      filename: .filename, message: ("bitmap '" + (.["name"] | tostring) + "' in layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ") is cut off from the top: a layer above lacks it"),
-      remediation: (if $chain.advice == "image" then "Writes made while the layer without the bitmap was the top were not tracked, so no incremental backup can be based on this bitmap. Remove the stray copy (qemu-img bitmap --remove -- " + (.["filename"] | kb_sh) + " " + (.["name"] | kb_sh) + ", image offline) and take a new full backup."
-     elif $chain.advice == "qmp" then "Writes made while the layer without the bitmap was the top were not tracked, so no incremental backup can be based on this bitmap. QEMU refuses to change a bitmap in a read-only backing node: with the VM shut down, remove the stray copy (qemu-img bitmap --remove -- " + (.["filename"] | kb_sh) + " " + (.["name"] | kb_sh) + "), then take a new full backup."
-     elif $chain.advice == "libvirt" then "Writes made while the layer without the bitmap was the top were not tracked, so no incremental backup can be based on this bitmap. Delete its checkpoint, which removes every copy (virsh checkpoint-delete -- " + (.["domain"] | kb_sh) + " " + (.["name"] | kb_sh) + "), or, if the domain has no such checkpoint, remove the stray copy with the domain shut off (qemu-img bitmap --remove -- " + (.["filename"] | kb_sh) + " " + (.["name"] | kb_sh) + "); then take a new full backup with a new checkpoint."
-    else null end), caveat: null,
-      si: 0, ri: 13, name: $facts.name, group: "bitmap" };
-
-def kb_f14($chain):  # bitmap-consistent
-  ((.[1])) as $at
-  | kb_facts_copy as $facts
-  | kb_finding_context($chain; $at; $facts)
-  | { rule: "bitmap-consistent", severity: "error", layer: $at,
-      filename: .filename, message: ("bitmap '" + (.["name"] | tostring) + "' is inconsistent (in-use) in layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ")"),
-      remediation: (if $chain.advice == "image" then "It cannot be trusted or repaired (qemu-img check -r all leaves it alone). With the image offline, remove it (qemu-img bitmap --remove -- " + (.["filename"] | kb_sh) + " " + (.["name"] | kb_sh) + ") and take a new full backup. If a VM still runs on this image, the flag says nothing offline: ask the VM instead (kbrules check --domain DOMAIN, or QMP)."
-     elif $chain.advice == "qmp" then "The running QEMU loaded it as not saved cleanly (its last writer died): it cannot be trusted or repaired. Remove it (QMP block-dirty-bitmap-remove on node " + (.["node"] | tostring) + "; a read-only backing node refuses it: there, with the VM shut down, qemu-img bitmap --remove -- " + (.["filename"] | kb_sh) + " " + (.["name"] | kb_sh) + ") and take a new full backup."
-     elif $chain.advice == "libvirt" then "The bitmap was not saved cleanly (the VM crashed or was killed): it cannot be trusted or repaired. Delete the checkpoint, which removes every copy (virsh checkpoint-delete -- " + (.["domain"] | kb_sh) + " " + (.["name"] | kb_sh) + "), and take a new full backup with a new checkpoint."
-    else null end), caveat: null,
-      si: 0, ri: 14, name: $facts.name, group: "bitmap" };
-
-def kb_f15($chain):  # bitmap-recording
-  ((.[1])) as $at
-  | kb_facts_copy as $facts
-  | kb_finding_context($chain; $at; $facts)
-  | { rule: "bitmap-recording", severity: "error", layer: $at,
-      filename: .filename, message: ("bitmap '" + (.["name"] | tostring) + "' is disabled (not recording) in layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ")"),
-      remediation: (if $chain.advice == "image" then "Writes made while it was disabled were not tracked, and enabling it now does not bring them back. Remove the bitmap (qemu-img bitmap --remove -- " + (.["filename"] | kb_sh) + " " + (.["name"] | kb_sh) + ", and its copies in the other layers) and take a new full backup."
-     elif $chain.advice == "qmp" then "Writes made while it was disabled were not tracked, and enabling it now does not bring them back. Remove the bitmap (QMP block-dirty-bitmap-remove on node " + (.["node"] | tostring) + "; a read-only backing node refuses it: there, with the VM shut down, qemu-img bitmap --remove -- " + (.["filename"] | kb_sh) + " " + (.["name"] | kb_sh) + ") and take a new full backup."
-     elif $chain.advice == "libvirt" then "Writes made while it was disabled were not tracked, and enabling it now does not bring them back. Delete the checkpoint, which removes every copy (virsh checkpoint-delete -- " + (.["domain"] | kb_sh) + " " + (.["name"] | kb_sh) + "), and take a new full backup with a new checkpoint."
-    else null end), caveat: null,
-      si: 0, ri: 15, name: $facts.name, group: "bitmap" };
-
-def kb_f16($chain):  # bitmap-persistent
-  ((.[1])) as $at
-  | kb_facts_copy as $facts
-  | kb_finding_context($chain; $at; $facts)
-  | { rule: "bitmap-persistent", severity: "error", layer: $at,
-      filename: .filename, message: ("bitmap '" + (.["name"] | tostring) + "' is transient (not persistent) in layer " + (.["layer"] | tostring) + " (" + (.["filename"] | tostring) + ")"),
-      remediation: (if $chain.advice == "image" then "A transient bitmap is lost at shutdown and libvirt refuses it. Remove it (QMP block-dirty-bitmap-remove on node " + (.["node"] | tostring) + "), add it again with \"persistent\": true, and take a new full backup."
-     elif $chain.advice == "qmp" then "A transient bitmap is lost at shutdown and libvirt refuses it. Remove it (QMP block-dirty-bitmap-remove on node " + (.["node"] | tostring) + "), add it again with \"persistent\": true, and take a new full backup."
-     elif $chain.advice == "libvirt" then "A transient bitmap is lost at shutdown and libvirt refuses it. Delete the checkpoint (virsh checkpoint-delete -- " + (.["domain"] | kb_sh) + " " + (.["name"] | kb_sh) + ") and take a new full backup with a new checkpoint."
-    else null end), caveat: null,
-      si: 0, ri: 16, name: $facts.name, group: "bitmap" };
-
-def kb_f17($chain):  # chain-complete
-  ((.last)) as $at
-  | kb_facts_bitmap as $facts
-  | kb_finding_context($chain; $at; $facts)
-  | { rule: "chain-complete", severity: "error", layer: $at,
-      filename: .filename, message: ("layer " + (.["last_layer"] | tostring) + " (" + (.["filename"] | tostring) + ") has a backing file that is not in the input, so bitmap '" + (.["name"] | tostring) + "' cannot be checked below it"),
-      remediation: ("Give the whole chain: qemu-img info --output=json --backing-chain, or the image path itself (kbrules check IMAGE), or all of the VM's block nodes from QMP query-named-block-nodes with \"flat\": true."), caveat: null,
-      si: 0, ri: 17, name: $facts.name, group: "bitmap" };
+# The finding of rule $i on a subject (.) that fails it, at layer $at; tagged with its
+# severity's and the rule's index (for ordering) and the subject's name (for grouping).
+def kb_finding($chain; $i; $at):
+  $chain.rules[$i] as $rule
+  | (if $rule.kind == "bitmap" then kb_facts_bitmap  elif $rule.kind == "copy" then kb_facts_copy  elif $rule.kind == "layer" then kb_facts_layer  elif $rule.kind == "checkpoint" then kb_facts_checkpoint else null end) as $facts
+  | kb_finding_context($chain; $at; $facts) as $c
+  | { rule: $rule.id, severity: $rule.severity, layer: $at, filename: $c.filename,
+      message: ($c | kb_render($rule.message)), remediation: ($c | kb_render($rule.remediation[$chain.advice])),
+      caveat: null, si: $rule.si, ri: $i, name: $facts.name, group: $rule.group };
 
 def kb_rule_findings($ix):
-  $ix.chain as $chain
+  # The rules' data as one JSON string: a string literal costs jq 1.6 nothing to compile.
+  ($ix.chain + {rules: ("[{\"id\":\"bitmap-has-checkpoint\",\"severity\":\"error\",\"si\":0,\"kind\":\"bitmap\",\"group\":\"bitmap\",\"message\":[\"bitmap '\",[\"name\",null],\"' of disk \",[\"disk\",null],\" has no checkpoint in domain \",[\"domain\",null],\": libvirt refuses an incremental backup from it (Domain checkpoint not found)\"],\"remediation\":{\"image\":[\"The next backup can only be a full one: take it with a new checkpoint (virsh backup-begin -- \",[\"domain\",\"sh\"],\" BACKUP.xml CHECKPOINT.xml). If no other tool uses the bitmap, remove it: from a running domain, QMP block-dirty-bitmap-remove on each node that holds it (virsh qemu-monitor-command); with the domain shut off, qemu-img bitmap --remove -- FILE \",[\"name\",\"sh\"],\" for each layer that holds it.\"],\"qmp\":[\"The next backup can only be a full one: take it with a new checkpoint (virsh backup-begin -- \",[\"domain\",\"sh\"],\" BACKUP.xml CHECKPOINT.xml). If no other tool uses the bitmap, remove it: from a running domain, QMP block-dirty-bitmap-remove on each node that holds it (virsh qemu-monitor-command); with the domain shut off, qemu-img bitmap --remove -- FILE \",[\"name\",\"sh\"],\" for each layer that holds it.\"],\"libvirt\":[\"The next backup can only be a full one: take it with a new checkpoint (virsh backup-begin -- \",[\"domain\",\"sh\"],\" BACKUP.xml CHECKPOINT.xml). If no other tool uses the bitmap, remove it: from a running domain, QMP block-dirty-bitmap-remove on each node that holds it (virsh qemu-monitor-command); with the domain shut off, qemu-img bitmap --remove -- FILE \",[\"name\",\"sh\"],\" for each layer that holds it.\"]}},{\"id\":\"checkpoint-covers-disk\",\"severity\":\"info\",\"si\":2,\"kind\":\"checkpoint\",\"group\":\"checkpoint\",\"message\":[\"checkpoint '\",[\"name\",null],\"' leaves disk \",[\"disk\",null],\" out: an incremental backup of \",[\"disk\",null],\" cannot start from it\"],\"remediation\":{\"image\":[\"Nothing to repair. Back the disk up in full, or leave it out of incremental backups from this checkpoint (<disk name='\",[\"disk\",null],\"' backup='no'/> in the backup XML); the next checkpoint that covers it starts its incremental backups.\"],\"qmp\":[\"Nothing to repair. Back the disk up in full, or leave it out of incremental backups from this checkpoint (<disk name='\",[\"disk\",null],\"' backup='no'/> in the backup XML); the next checkpoint that covers it starts its incremental backups.\"],\"libvirt\":[\"Nothing to repair. Back the disk up in full, or leave it out of incremental backups from this checkpoint (<disk name='\",[\"disk\",null],\"' backup='no'/> in the backup XML); the next checkpoint that covers it starts its incremental backups.\"]}},{\"id\":\"checkpoint-covers-a-disk\",\"severity\":\"warning\",\"si\":1,\"kind\":\"checkpoint\",\"group\":\"checkpoint\",\"message\":[\"checkpoint '\",[\"name\",null],\"' of domain \",[\"domain\",null],\" leaves every disk out: no incremental backup can start from it\"],\"remediation\":{\"image\":[\"Delete the record (virsh checkpoint-delete --metadata -- \",[\"domain\",\"sh\"],\" \",[\"name\",\"sh\"],\"); it holds no bitmap.\"],\"qmp\":[\"Delete the record (virsh checkpoint-delete --metadata -- \",[\"domain\",\"sh\"],\" \",[\"name\",\"sh\"],\"); it holds no bitmap.\"],\"libvirt\":[\"Delete the record (virsh checkpoint-delete --metadata -- \",[\"domain\",\"sh\"],\" \",[\"name\",\"sh\"],\"); it holds no bitmap.\"]}},{\"id\":\"checkpoint-disks-exist\",\"severity\":\"info\",\"si\":2,\"kind\":\"checkpoint\",\"group\":\"checkpoint\",\"message\":[\"checkpoint '\",[\"name\",null],\"' names disks that domain \",[\"domain\",null],\" no longer has: \",[\"gone_disks\",null]],\"remediation\":{\"image\":[\"Nothing to repair: backups from it still work for the disks that remain.\"],\"qmp\":[\"Nothing to repair: backups from it still work for the disks that remain.\"],\"libvirt\":[\"Nothing to repair: backups from it still work for the disks that remain.\"]}},{\"id\":\"image-corrupt\",\"severity\":\"error\",\"si\":0,\"kind\":\"layer\",\"group\":null,\"message\":[\"layer \",[\"layer\",null],\" (\",[\"filename\",null],\") is flagged corrupt: QEMU will only open it read-only\"],\"remediation\":{\"image\":[\"Copy the file first, then, with no program using it, run qemu-img check -r all \",[\"filename\",\"sh\"],\". If the check cannot repair it, restore the layer from a backup.\"],\"qmp\":[\"Copy the file first, then, with no program using it, run qemu-img check -r all \",[\"filename\",\"sh\"],\". If the check cannot repair it, restore the layer from a backup.\"],\"libvirt\":[\"Copy the file first, then, with no program using it, run qemu-img check -r all \",[\"filename\",\"sh\"],\". If the check cannot repair it, restore the layer from a backup.\"]}},{\"id\":\"image-dirty\",\"severity\":\"warning\",\"si\":1,\"kind\":\"layer\",\"group\":null,\"message\":[\"layer \",[\"layer\",null],\" (\",[\"filename\",null],\") is dirty: it was not closed cleanly while lazy refcounts were on\"],\"remediation\":{\"image\":[\"With no program using the image, run qemu-img check -r all \",[\"filename\",\"sh\"],\" to rebuild the refcounts (opening it read-write in QEMU does the same).\"],\"qmp\":[\"With no program using the image, run qemu-img check -r all \",[\"filename\",\"sh\"],\" to rebuild the refcounts (opening it read-write in QEMU does the same).\"],\"libvirt\":[\"With no program using the image, run qemu-img check -r all \",[\"filename\",\"sh\"],\" to rebuild the refcounts (opening it read-write in QEMU does the same).\"]}},{\"id\":\"backing-format-probed\",\"severity\":\"error\",\"si\":0,\"kind\":\"layer\",\"group\":null,\"message\":[\"layer \",[\"layer\",null],\" (\",[\"filename\",null],\") names its backing file \",[\"backing\",null],\" without a format: QEMU would probe it, and libvirt refuses the chain\"],\"remediation\":{\"image\":[\"Record the format without touching any data: qemu-img rebase -u -F \",[\"below_format\",null],\" -b \",[\"backing_recorded\",\"sh\"],\" -- \",[\"filename\",\"sh\"],\" (the format shown is what qemu-img probed; make sure it is the real one).\"],\"qmp\":[\"Record the format without touching any data: qemu-img rebase -u -F \",[\"below_format\",null],\" -b \",[\"backing_recorded\",\"sh\"],\" -- \",[\"filename\",\"sh\"],\" (the format shown is what qemu-img probed; make sure it is the real one).\"],\"libvirt\":[\"Record the format without touching any data: qemu-img rebase -u -F \",[\"below_format\",null],\" -b \",[\"backing_recorded\",\"sh\"],\" -- \",[\"filename\",\"sh\"],\" (the format shown is what qemu-img probed; make sure it is the real one).\"]}},{\"id\":\"bitmap-granularity-mismatch\",\"severity\":\"warning\",\"si\":1,\"kind\":\"bitmap\",\"group\":\"bitmap\",\"message\":[\"bitmap '\",[\"name\",null],\"' has \",[\"granularities\",null],\" different granularities across the layers\"],\"remediation\":{\"image\":[\"Nothing is lost. To align them, start the bitmap anew with one granularity at the next full backup (qemu-img bitmap --add -g BYTES, or the granularity of a libvirt checkpoint).\"],\"qmp\":[\"Nothing is lost. To align them, start the bitmap anew with one granularity at the next full backup (qemu-img bitmap --add -g BYTES, or the granularity of a libvirt checkpoint).\"],\"libvirt\":[\"Nothing is lost. To align them, start the bitmap anew with one granularity at the next full backup (qemu-img bitmap --add -g BYTES, or the granularity of a libvirt checkpoint).\"]}},{\"id\":\"bitmap-busy\",\"severity\":\"warning\",\"si\":1,\"kind\":\"copy\",\"group\":\"bitmap\",\"message\":[\"bitmap '\",[\"name\",null],\"' in layer \",[\"layer\",null],\" (\",[\"filename\",null],\") is busy: a block job is using it\"],\"remediation\":{\"image\":[\"Let the job finish or cancel it (virsh domjobinfo DOMAIN, QMP query-block-jobs), then check again.\"],\"qmp\":[\"Let the job finish or cancel it (virsh domjobinfo DOMAIN, QMP query-block-jobs), then check again.\"],\"libvirt\":[\"Let the job finish or cancel it (virsh domjobinfo DOMAIN, QMP query-block-jobs), then check again.\"]}},{\"id\":\"bitmap-name-invalid\",\"severity\":\"error\",\"si\":0,\"kind\":\"copy\",\"group\":\"bitmap\",\"message\":[\"bitmap '\",[\"name\",null],\"' in layer \",[\"layer\",null],\" (\",[\"filename\",null],\") has a name that is empty or longer than 1023 bytes\"],\"remediation\":{\"image\":[\"QEMU cannot have made it: check where the data came from. A bitmap with such a name cannot be used; create a new one with a valid name at the next full backup.\"],\"qmp\":[\"QEMU cannot have made it: check where the data came from. A bitmap with such a name cannot be used; create a new one with a valid name at the next full backup.\"],\"libvirt\":[\"QEMU cannot have made it: check where the data came from. A bitmap with such a name cannot be used; create a new one with a valid name at the next full backup.\"]}},{\"id\":\"layer-cannot-hold-bitmaps\",\"severity\":\"info\",\"si\":2,\"kind\":\"layer\",\"group\":null,\"message\":[\"layer \",[\"layer\",null],\" (\",[\"filename\",null],\") cannot store persistent bitmaps (only qcow2 with compat 1.1 can): the bitmaps of the layers above end above it\"],\"remediation\":{\"image\":[\"Nothing to fix. To let bitmaps reach this layer: if it is qcow2 v2, qemu-img amend -o compat=1.1 -- \",[\"filename\",\"sh\"],\" upgrades it in place; a raw layer cannot be amended, only copied to qcow2 (qemu-img convert -f raw -O qcow2) with the layer above rebased onto the copy.\"],\"qmp\":[\"Nothing to fix. To let bitmaps reach this layer: if it is qcow2 v2, qemu-img amend -o compat=1.1 -- \",[\"filename\",\"sh\"],\" upgrades it in place; a raw layer cannot be amended, only copied to qcow2 (qemu-img convert -f raw -O qcow2) with the layer above rebased onto the copy.\"],\"libvirt\":[\"Nothing to fix. To let bitmaps reach this layer: if it is qcow2 v2, qemu-img amend -o compat=1.1 -- \",[\"filename\",\"sh\"],\" upgrades it in place; a raw layer cannot be amended, only copied to qcow2 (qemu-img convert -f raw -O qcow2) with the layer above rebased onto the copy.\"]}},{\"id\":\"top-bitmaps-in-use\",\"severity\":\"warning\",\"si\":1,\"kind\":\"layer\",\"group\":null,\"message\":[\"every bitmap of the top image \",[\"filename\",null],\" is in use: a VM may have it open right now (this data is then stale), or its last writer crashed\"],\"remediation\":{\"image\":[\"Ask the running VM for the live answer before removing anything (kbrules check --domain DOMAIN, or QMP query-named-block-nodes piped to kbrules check -). If no VM uses the image, its writer crashed: the bitmaps are broken (see bitmap-consistent).\"],\"qmp\":[\"Ask the running VM for the live answer before removing anything (kbrules check --domain DOMAIN, or QMP query-named-block-nodes piped to kbrules check -). If no VM uses the image, its writer crashed: the bitmaps are broken (see bitmap-consistent).\"],\"libvirt\":[\"Ask the running VM for the live answer before removing anything (kbrules check --domain DOMAIN, or QMP query-named-block-nodes piped to kbrules check -). If no VM uses the image, its writer crashed: the bitmaps are broken (see bitmap-consistent).\"]}},{\"id\":\"bitmap-in-top\",\"severity\":\"error\",\"si\":0,\"kind\":\"bitmap\",\"group\":\"bitmap\",\"message\":[\"bitmap '\",[\"name\",null],\"' is not in the top image \",[\"filename\",null]],\"remediation\":{\"image\":[\"This bitmap cannot serve an incremental backup. Take a new full backup and start a new bitmap in the top image with it (qemu-img bitmap --add -- \",[\"filename\",\"sh\"],\" \",[\"name\",\"sh\"],\", image offline).\"],\"qmp\":[\"This bitmap cannot serve an incremental backup. Take a new full backup and start a new persistent bitmap in the top node with it (QMP block-dirty-bitmap-add on node \",[\"node\",null],\", \\\"persistent\\\": true, in the same transaction as the backup job).\"],\"libvirt\":[\"This checkpoint cannot serve an incremental backup of disk \",[\"disk\",null],\". Take a new full backup with a new checkpoint (virsh backup-begin -- \",[\"domain\",\"sh\"],\" BACKUP.xml CHECKPOINT.xml); then delete the old checkpoint (virsh checkpoint-delete -- \",[\"domain\",\"sh\"],\" \",[\"name\",\"sh\"],\", with --metadata when no layer holds its bitmap any more).\"]}},{\"id\":\"bitmap-contiguous\",\"severity\":\"error\",\"si\":0,\"kind\":\"copy\",\"group\":\"bitmap\",\"message\":[\"bitmap '\",[\"name\",null],\"' in layer \",[\"layer\",null],\" (\",[\"filename\",null],\") is cut off from the top: a layer above lacks it\"],\"remediation\":{\"image\":[\"Writes made while the layer without the bitmap was the top were not tracked, so no incremental backup can be based on this bitmap. Remove the stray copy (qemu-img bitmap --remove -- \",[\"filename\",\"sh\"],\" \",[\"name\",\"sh\"],\", image offline) and take a new full backup.\"],\"qmp\":[\"Writes made while the layer without the bitmap was the top were not tracked, so no incremental backup can be based on this bitmap. QEMU refuses to change a bitmap in a read-only backing node: with the VM shut down, remove the stray copy (qemu-img bitmap --remove -- \",[\"filename\",\"sh\"],\" \",[\"name\",\"sh\"],\"), then take a new full backup.\"],\"libvirt\":[\"Writes made while the layer without the bitmap was the top were not tracked, so no incremental backup can be based on this bitmap. Delete its checkpoint, which removes every copy (virsh checkpoint-delete -- \",[\"domain\",\"sh\"],\" \",[\"name\",\"sh\"],\"), or, if the domain has no such checkpoint, remove the stray copy with the domain shut off (qemu-img bitmap --remove -- \",[\"filename\",\"sh\"],\" \",[\"name\",\"sh\"],\"); then take a new full backup with a new checkpoint.\"]}},{\"id\":\"bitmap-consistent\",\"severity\":\"error\",\"si\":0,\"kind\":\"copy\",\"group\":\"bitmap\",\"message\":[\"bitmap '\",[\"name\",null],\"' is inconsistent (in-use) in layer \",[\"layer\",null],\" (\",[\"filename\",null],\")\"],\"remediation\":{\"image\":[\"It cannot be trusted or repaired (qemu-img check -r all leaves it alone). With the image offline, remove it (qemu-img bitmap --remove -- \",[\"filename\",\"sh\"],\" \",[\"name\",\"sh\"],\") and take a new full backup. If a VM still runs on this image, the flag says nothing offline: ask the VM instead (kbrules check --domain DOMAIN, or QMP).\"],\"qmp\":[\"The running QEMU loaded it as not saved cleanly (its last writer died): it cannot be trusted or repaired. Remove it (QMP block-dirty-bitmap-remove on node \",[\"node\",null],\"; a read-only backing node refuses it: there, with the VM shut down, qemu-img bitmap --remove -- \",[\"filename\",\"sh\"],\" \",[\"name\",\"sh\"],\") and take a new full backup.\"],\"libvirt\":[\"The bitmap was not saved cleanly (the VM crashed or was killed): it cannot be trusted or repaired. Delete the checkpoint, which removes every copy (virsh checkpoint-delete -- \",[\"domain\",\"sh\"],\" \",[\"name\",\"sh\"],\"), and take a new full backup with a new checkpoint.\"]}},{\"id\":\"bitmap-recording\",\"severity\":\"error\",\"si\":0,\"kind\":\"copy\",\"group\":\"bitmap\",\"message\":[\"bitmap '\",[\"name\",null],\"' is disabled (not recording) in layer \",[\"layer\",null],\" (\",[\"filename\",null],\")\"],\"remediation\":{\"image\":[\"Writes made while it was disabled were not tracked, and enabling it now does not bring them back. Remove the bitmap (qemu-img bitmap --remove -- \",[\"filename\",\"sh\"],\" \",[\"name\",\"sh\"],\", and its copies in the other layers) and take a new full backup.\"],\"qmp\":[\"Writes made while it was disabled were not tracked, and enabling it now does not bring them back. Remove the bitmap (QMP block-dirty-bitmap-remove on node \",[\"node\",null],\"; a read-only backing node refuses it: there, with the VM shut down, qemu-img bitmap --remove -- \",[\"filename\",\"sh\"],\" \",[\"name\",\"sh\"],\") and take a new full backup.\"],\"libvirt\":[\"Writes made while it was disabled were not tracked, and enabling it now does not bring them back. Delete the checkpoint, which removes every copy (virsh checkpoint-delete -- \",[\"domain\",\"sh\"],\" \",[\"name\",\"sh\"],\"), and take a new full backup with a new checkpoint.\"]}},{\"id\":\"bitmap-persistent\",\"severity\":\"error\",\"si\":0,\"kind\":\"copy\",\"group\":\"bitmap\",\"message\":[\"bitmap '\",[\"name\",null],\"' is transient (not persistent) in layer \",[\"layer\",null],\" (\",[\"filename\",null],\")\"],\"remediation\":{\"image\":[\"A transient bitmap is lost at shutdown and libvirt refuses it. Remove it (QMP block-dirty-bitmap-remove on node \",[\"node\",null],\"), add it again with \\\"persistent\\\": true, and take a new full backup.\"],\"qmp\":[\"A transient bitmap is lost at shutdown and libvirt refuses it. Remove it (QMP block-dirty-bitmap-remove on node \",[\"node\",null],\"), add it again with \\\"persistent\\\": true, and take a new full backup.\"],\"libvirt\":[\"A transient bitmap is lost at shutdown and libvirt refuses it. Delete the checkpoint (virsh checkpoint-delete -- \",[\"domain\",\"sh\"],\" \",[\"name\",\"sh\"],\") and take a new full backup with a new checkpoint.\"]}},{\"id\":\"chain-complete\",\"severity\":\"error\",\"si\":0,\"kind\":\"bitmap\",\"group\":\"bitmap\",\"message\":[\"layer \",[\"last_layer\",null],\" (\",[\"filename\",null],\") has a backing file that is not in the input, so bitmap '\",[\"name\",null],\"' cannot be checked below it\"],\"remediation\":{\"image\":[\"Give the whole chain: qemu-img info --output=json --backing-chain, or the image path itself (kbrules check IMAGE), or all of the VM's block nodes from QMP query-named-block-nodes with \\\"flat\\\": true.\"],\"qmp\":[\"Give the whole chain: qemu-img info --output=json --backing-chain, or the image path itself (kbrules check IMAGE), or all of the VM's block nodes from QMP query-named-block-nodes with \\\"flat\\\": true.\"],\"libvirt\":[\"Give the whole chain: qemu-img info --output=json --backing-chain, or the image path itself (kbrules check IMAGE), or all of the VM's block nodes from QMP query-named-block-nodes with \\\"flat\\\": true.\"]}}]" | fromjson)}) as $chain
   | ( kb_bitmap_contexts($ix)
-    | if ((.checkpointed) != false) and ((.granularities | min as $lo | max as $hi | if $lo == $hi then (if $lo == null then 0 else 1 end) else map(select(. != null)) | unique | length end) <= 1) and ((.first) == 0) and (.complete) then empty
-      else (if ((.checkpointed) != false) then empty else kb_f0($chain) end), (if ((.granularities | min as $lo | max as $hi | if $lo == $hi then (if $lo == null then 0 else 1 end) else map(select(. != null)) | unique | length end) <= 1) then empty else kb_f7($chain) end), (if ((.first) == 0) then empty else kb_f12($chain) end), (if (.complete) then empty else kb_f17($chain) end) end ),
+    | (if ((.checkpointed) != false) then empty else kb_finding($chain; 0; 0) end), (if ((.granularities | min as $lo | max as $hi | if $lo == $hi then (if $lo == null then 0 else 1 end) else map(select(. != null)) | unique | length end) <= 1) then empty else kb_finding($chain; 7; 0) end), (if ((.first) == 0) then empty else kb_finding($chain; 12; 0) end), (if (.complete) then empty else kb_finding($chain; 17; (.last)) end) ),
   ( kb_checkpoint_contexts($ix)
-    | if (.entry != null and .entry.checkpoint == "bitmap") and (([.checkpoint.disks[] | select(.checkpoint == "bitmap")] | length) > 0) and ((. as $c | [.checkpoint.disks[].name | select(. as $n | $c.disks | index([$n]) | not)] | join(", ")) == "") then empty
-      else (if (.entry != null and .entry.checkpoint == "bitmap") then empty else kb_f1($chain) end), (if (([.checkpoint.disks[] | select(.checkpoint == "bitmap")] | length) > 0) then empty else kb_f2($chain) end), (if ((. as $c | [.checkpoint.disks[].name | select(. as $n | $c.disks | index([$n]) | not)] | join(", ")) == "") then empty else kb_f3($chain) end) end ),
+    | (if (.entry != null and .entry.checkpoint == "bitmap") then empty else kb_finding($chain; 1; 0) end), (if (([.checkpoint.disks[] | select(.checkpoint == "bitmap")] | length) > 0) then empty else kb_finding($chain; 2; 0) end), (if ((. as $c | [.checkpoint.disks[].name | select(. as $n | $c.disks | index([$n]) | not)] | join(", ")) == "") then empty else kb_finding($chain; 3; 0) end) ),
   ( kb_layer_contexts($ix)
-    | if (if (.layer.corrupt) then false else true end) and (if (.layer.dirty) then false else true end) and (((.layer.backing) == null) or ((.layer.backing_format) != null)) and (((.above) == 0) or (((.layer.format) == "qcow2") and ((.layer.compat) != "0.10"))) and (((.layer.layer) != 0) or ((.layer.bitmaps | length) == 0) or (([.layer.bitmaps[][2] | select(. % 4 >= 2)] | length) < (.layer.bitmaps | length)) or ((.held) == false)) then empty
-      else (if (if (.layer.corrupt) then false else true end) then empty else kb_f4($chain) end), (if (if (.layer.dirty) then false else true end) then empty else kb_f5($chain) end), (if (((.layer.backing) == null) or ((.layer.backing_format) != null)) then empty else kb_f6($chain) end), (if (((.above) == 0) or (((.layer.format) == "qcow2") and ((.layer.compat) != "0.10"))) then empty else kb_f10($chain) end), (if (((.layer.layer) != 0) or ((.layer.bitmaps | length) == 0) or (([.layer.bitmaps[][2] | select(. % 4 >= 2)] | length) < (.layer.bitmaps | length)) or ((.held) == false)) then empty else kb_f11($chain) end) end ),
+    | (if (if (.layer.corrupt) then false else true end) then empty else kb_finding($chain; 4; (.layer.layer)) end), (if (if (.layer.dirty) then false else true end) then empty else kb_finding($chain; 5; (.layer.layer)) end), (if (((.layer.backing) == null) or ((.layer.backing_format) != null)) then empty else kb_finding($chain; 6; (.layer.layer)) end), (if (((.above) == 0) or (((.layer.format) == "qcow2") and ((.layer.compat) != "0.10"))) then empty else kb_finding($chain; 10; (.layer.layer)) end), (if (((.layer.layer) != 0) or ((.layer.bitmaps | length) == 0) or (([.layer.bitmaps[][2] | select(. % 4 >= 2)] | length) < (.layer.bitmaps | length)) or ((.held) == false)) then empty else kb_finding($chain; 11; (.layer.layer)) end) ),
   ( [ range(0; 16) as $c | [null, null, $c, null, null] | [ (if (if (.[2] >= 8) then false else true end) then empty else 8 end), (if (if (.[2] % 4 >= 2) then false else true end) then empty else 14 end), (if ((.[2] % 2 == 1) or (.[2] % 4 >= 2)) then empty else 15 end), (if (.[2] % 8 >= 4) then empty else 16 end) ] ] as $fail
     | ($fail | map(. == [])) as $fine
     | kb_copy_contexts($ix) | . as $c
     | if $fine[.[2]] and ((.[4]) == (.[1])) then empty
-      else ($fail[.[2]][] | if . == 8 then ($c | kb_f8($chain))  elif . == 14 then ($c | kb_f14($chain))  elif . == 15 then ($c | kb_f15($chain))  elif . == 16 then ($c | kb_f16($chain)) else empty end), (if ((.[4]) == (.[1])) then empty else kb_f13($chain) end) end ),
+      else ($fail[.[2]][] | if . == 8 then ($c | kb_finding($chain; 8; (.[1])))  elif . == 14 then ($c | kb_finding($chain; 14; (.[1])))  elif . == 15 then ($c | kb_finding($chain; 15; (.[1])))  elif . == 16 then ($c | kb_finding($chain; 16; (.[1]))) else empty end), (if ((.[4]) == (.[1])) then empty else kb_finding($chain; 13; (.[1])) end) end ),
   ( $ix.names[] as $name | [$name] | if ((((.[0]) | if type == "string" then utf8bytelength else null end) > 0) and (((.[0]) | if type == "string" then utf8bytelength else null end) <= 1023)) then empty else
-    kb_copies_of($ix; $name) | kb_f9($chain) end );
+    kb_copies_of($ix; $name) | kb_finding($chain; 9; (.[1])) end );
 
 def kb_found: sort_by(.si, .ri, .layer) | map(del(.si, .ri, .name, .group));
 
@@ -678,4 +516,34 @@ def kbrules_entry($args):
   | {input: kb_where($args)} + (if $o.error != null then {error: ($o.error | kb_show)} else $o.report end);
 def kbrules_entry: kbrules_entry({});
 
-kbrules_report($ARGS)
+# ------------------------------------------------------------------ the program's entry
+
+# The next input that jq reads: {value} or {error} (jq's message for text that is not
+# JSON), with the file it comes from; {end} when there is none.
+def kb_next:
+  (try {value: input} catch (if . == "break" or . == "No more inputs" then {end: true} else {error: .} end)) as $next
+  | $next + {file: (input_filename // "<stdin>")};  # (`a + b` runs b first)
+
+def kb_all_inputs: kb_next | if .end then empty elif .error != null then . else ., kb_all_inputs end;
+
+# What `jq -f check.jq` runs. Under jq -n (no input read yet: input_filename is null)
+# it reads the input itself, as `kbrules check` reads one: each file must hold one
+# JSON value, and an input that is empty or not JSON is refused too (the words in
+# parentheses are then jq's own). Otherwise jq reads the input: each JSON value is
+# checked in turn.
+def kbrules_main($args):
+  if input_filename != null or . != null then kbrules_report($args)
+  else [kb_all_inputs] as $in
+  | ($args.named // {}) as $named
+  | (first($in[] | select(.error != null))
+     // first(range(1; $in | length) as $i | $in[$i] | select(.file == $in[$i - 1].file) | {file, error: "more than one JSON value"})
+     // null) as $bad
+  | (if $in == [] then ["empty input; expected qemu-img info --output=json (an object, or with --backing-chain an array of objects with 'filename' and 'format') or QMP query-named-block-nodes (an array of nodes with 'node-name', or {\"return\": [...]})", $named.input // "<stdin>"]
+     elif $bad != null then
+       [ (if $bad.error | (contains("Unfinished") or contains("unexpected EOF")) then "truncated JSON" else "not JSON" end)
+         + " (\($bad.error | split("\n") | map(select(. != "")) | last | split("^  ") | last))", $named.input // $bad.file ]
+     else null end) as $refusal
+  | if $refusal != null then "kbrules: \($refusal[1] + ": " + $refusal[0] | kb_show)\n" | halt_error(2)
+    else $in[] | .file as $file | .value | kbrules_report($args + {named: ({input: $file} + $named)}) end end;
+
+kbrules_main($ARGS)
