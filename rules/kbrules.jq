@@ -92,6 +92,11 @@ def kb_get($path; $key; $want; $required):
 
 def kb_flag($path; $key): kb_get($path; $key; "boolean"; false) == true;
 
+# kb_get of several keys, in the order given: $specs is [[key, type, required], ...];
+# an object of their values. (Data, not code: jq 1.6 compiles code slowly.)
+def kb_fields($path; $specs):
+  . as $o | reduce $specs[] as $s ({}; .[$s[0]] = ($o | kb_get($path; $s[0]; $s[1]; $s[2] == true)));
+
 def kb_object($path): if type == "object" then . else kb_fail($path; "expected an object, got \(kb_kind)") end;
 
 # An array of strings, or the refusal of the first element that is not one.
@@ -100,15 +105,11 @@ def kb_strings($path):
   | (first(range(0; length) | select(($a[.] | type) != "string")) // null) as $i
   | if $i == null then . else kb_fail($path + "[\($i)]"; "expected a string, got \($a[$i] | kb_kind)") end;
 
-# What a JSON object that another command prints looks like, or null.
-def kb_look_alike: if type != "object" then null
-  elif has("check-errors") then "qemu-img check --output=json"
-  elif has("required") and has("fully-allocated") then "qemu-img measure --output=json"
-  elif has("start") and has("length") and has("depth") then "qemu-img map --output=json"
-  elif has("device") and has("locked") and has("removable") then "QMP query-block; use query-named-block-nodes with \"flat\": true"
-  elif has("QMP") then "a QMP greeting"
-  elif has("event") and has("timestamp") then "a QMP event"
-  else null end;
+# What a JSON object that another command prints looks like, or null: the first of
+# [[keys it always has], what] whose keys it has.
+def kb_look_alike:
+  if type != "object" then null
+  else . as $o | first([[["check-errors"], "qemu-img check --output=json"], [["required", "fully-allocated"], "qemu-img measure --output=json"], [["start", "length", "depth"], "qemu-img map --output=json"], [["device", "locked", "removable"], "QMP query-block; use query-named-block-nodes with \"flat\": true"], [["QMP"], "a QMP greeting"], [["event", "timestamp"], "a QMP event"]][] | select(all(.[0][]; . as $k | $o | has($k))) | .[1]) // null end;
 
 def kb_refuse_look_alike:
   (if type == "object" and ((.return | type) == "array" or (.return | type) == "object")
@@ -122,15 +123,12 @@ def kb_image($path):
   kb_get($path; "format-specific"; "object"; false) as $specific
   | (if $specific != null and $specific.type == "qcow2"
      then ($specific | kb_get($path + ".format-specific"; "data"; "object"; false)) // {} else null end) as $data
-  | ($path + ".format-specific.data") as $dp
-  | kb_get($path; "full-backing-filename"; "string"; false) as $full
-  | kb_get($path; "backing-filename"; "string"; false) as $recorded
-  | kb_get($path; "backing-filename-format"; "string"; false) as $format
-  | kb_flag($path; "dirty-flag") as $dirty
-  | (if $data == null then null else $data | kb_get($dp; "compat"; "string"; false) end) as $compat
-  | (if $data == null then null else $data | kb_get($dp; "corrupt"; "boolean"; false) end) as $corrupt
-  | [ { backing: (if $full != null then $full else $recorded end), backing_recorded: $recorded,
-        backing_format: $format, dirty: $dirty, compat: $compat, corrupt: $corrupt }, $data ];
+  | kb_fields($path; [["full-backing-filename", "string"], ["backing-filename", "string"],
+                       ["backing-filename-format", "string"], ["dirty-flag", "boolean"]]) as $f
+  | (if $data == null then {} else $data | kb_fields($path + ".format-specific.data"; [["compat", "string"], ["corrupt", "boolean"]]) end) as $q
+  | [ { backing: ($f["full-backing-filename"] // $f["backing-filename"]), backing_recorded: $f["backing-filename"],
+        backing_format: $f["backing-filename-format"], dirty: ($f["dirty-flag"] == true), compat: $q.compat,
+        corrupt: $q.corrupt }, $data ];
 
 # A layer holds at most one bitmap of a name (the index counts the layer's bitmaps).
 def kb_unique($path):
@@ -142,24 +140,21 @@ def kb_unique($path):
 def kb_qemu_img_bitmap($path; $layer):
   kb_object($path)
   | ((kb_get($path; "flags"; "array"; false) // []) | kb_strings($path + ".flags")) as $flags
-  | kb_get($path; "name"; "string"; true) as $name
-  | kb_get($path; "granularity"; "integer"; false) as $granularity
-  | [ $name, $layer, 4 + (if any($flags[]; . == "auto") then 1 else 0 end)
-                       + (if any($flags[]; . == "in-use") then 2 else 0 end), $granularity ];
+  | kb_fields($path; [["name", "string", true], ["granularity", "integer"]]) as $f
+  | [ $f.name, $layer, 4 + (if any($flags[]; . == "auto") then 1 else 0 end)
+                       + (if any($flags[]; . == "in-use") then 2 else 0 end), $f.granularity ];
 
 # qemu-img info: [[path, image], ...], top first.
 def kb_qemu_img($top):
   if $top != null then kb_refuse("--top picks a node of QMP data; this is qemu-img info output") else . end
   | [ range(0; length) as $i | .[$i] as [$path, $image] | $image
-      | kb_get($path; "filename"; "string"; true) as $filename
-      | kb_get($path; "format"; "string"; true) as $format
-      | kb_get($path; "virtual-size"; "integer"; true) as $size
+      | kb_fields($path; [["filename", "string", true], ["format", "string", true], ["virtual-size", "integer", true]]) as $f
       | kb_image($path) as [$facts, $data]
       | ($path + ".format-specific.data") as $dp
       | (if $data == null then [] else
            [ ($data | kb_get($dp; "bitmaps"; "array"; false) // []) | range(0; length) as $j | .[$j]
              | kb_qemu_img_bitmap($dp + ".bitmaps[\($j)]"; $i) ] | kb_unique($dp + ".bitmaps") end) as $bitmaps
-      | { layer: $i, filename: $filename, format: $format, node: null, held: null, bitmaps: $bitmaps } + $facts ]
+      | { layer: $i, filename: $f.filename, format: $f.format, node: null, held: null, bitmaps: $bitmaps } + $facts ]
   | { source: "qemu-img", layers: ., complete: (.[-1].backing == null) };
 
 # One image with nested backing-image (as older tools print it): [[path, image], ...].
@@ -177,13 +172,11 @@ def kb_qmp_bitmaps($i):
       | ($path + ".dirty-bitmaps[\($j)]") as $p | .[$j] | kb_object($p) | select(has("name"))
       | kb_get($p; "status"; "string"; false) as $status  # QEMU < 4.0: 'status', not 'recording'
       | (if has("recording") or $status == null then kb_flag($p; "recording") else $status != "disabled" end) as $recording
-      | kb_get($p; "name"; "string"; true) as $name
-      | kb_flag($p; "inconsistent") as $inconsistent
-      | kb_flag($p; "persistent") as $persistent
-      | (kb_flag($p; "busy") or $status == "frozen" or $status == "locked") as $busy
-      | kb_get($p; "granularity"; "integer"; false) as $granularity
-      | [ $name, $i, (if $recording then 1 else 0 end) + (if $inconsistent then 2 else 0 end)
-                     + (if $persistent then 4 else 0 end) + (if $busy then 8 else 0 end), $granularity ] ]
+      | kb_fields($p; [["name", "string", true], ["inconsistent", "boolean"], ["persistent", "boolean"],
+                       ["busy", "boolean"], ["granularity", "integer"]]) as $f
+      | [ $f.name, $i, (if $recording then 1 else 0 end) + (if $f.inconsistent then 2 else 0 end)
+                       + (if $f.persistent then 4 else 0 end)
+                       + (if $f.busy or $status == "frozen" or $status == "locked" then 8 else 0 end), $f.granularity ] ]
   | kb_unique($path + ".dirty-bitmaps");
 
 def kb_qmp_layer($i):
@@ -196,9 +189,7 @@ def kb_candidates: map("\(.node["node-name"] | kb_show) (\(.node.file | kb_show)
 # disk's, top first), else rebuilt from backing file names from $top or the one top.
 def kb_qmp($top; $nodes; $path):
   [ range(0; length) as $i | ($path + "[\($i)]") as $p | .[$i] | kb_object($p)
-    | kb_get($p; "node-name"; "string"; true) as $name
-    | kb_get($p; "drv"; "string"; true) as $drv
-    | kb_get($p; "file"; "string"; true) as $file
+    | kb_fields($p; [["node-name", "string", true], ["drv", "string", true], ["file", "string", true]]) as $f
     | {path: $p, node: ., k: $i} ] as $all
   | [ $all[] | select({"bochs": true, "cloop": true, "dmg": true, "luks": true, "parallels": true, "qcow": true, "qcow2": true, "qed": true, "raw": true, "vdi": true, "vhdx": true, "vmdk": true, "vpc": true}[.node.drv] == true) ] as $formats
   | ([ $all[] | select({"backup-top": true, "copy-before-write": true}[.node.drv] == true) | {key: .node.file, value: true} ] | from_entries) as $protected
@@ -520,13 +511,16 @@ def kbrules_entry: kbrules_entry({});
 
 # ------------------------------------------------------------------ the program's entry
 
-# The next input that jq reads: {value} or {error} (jq's message for text that is not
-# JSON), with the file it comes from; {end} when there is none.
+# The next input that jq reads, [value] or {error: jq's message} for text that is
+# not JSON, with the file it comes from; nothing when there is none.
 def kb_next:
-  (try {value: input} catch (if . == "break" or . == "No more inputs" then {end: true} else {error: .} end)) as $next
-  | $next + {file: (input_filename // "<stdin>")};  # (`a + b` runs b first)
+  (try [input] catch (if . == "break" or . == "No more inputs" then empty else {error: .} end)) as $next
+  | [$next, input_filename // "<stdin>"];  # (not `$next + ...`: jq runs b of a + b first)
 
-def kb_all_inputs: kb_next | if .end then empty elif .error != null then . else ., kb_all_inputs end;
+def kb_all_inputs: kb_next | ., (select(.[0] | type == "array") | kb_all_inputs);
+
+# The last line of what jq said (gojq's messages span lines, with a caret).
+def kb_jq_said: split("\n") | map(select(. != "")) | last | split("^  ") | last;
 
 # What `jq -f check.jq` runs. Under jq -n (no input read yet: input_filename is null)
 # it reads the input itself, as `kbrules check` reads one: each file must hold one
@@ -536,14 +530,13 @@ def kb_all_inputs: kb_next | if .end then empty elif .error != null then . else 
 def kbrules_main($args):
   if input_filename != null or . != null then kbrules_report($args)
   else [kb_all_inputs] as $in
-  | ($args.named // {}) as $named
-  | (first($in[] | select(.error != null))
-     // first(range(1; $in | length) as $i | $in[$i] | select(.file == $in[$i - 1].file) | {file, error: "more than one JSON value"})
-     // null) as $bad
-  | (if $in == [] then ["empty input; expected qemu-img info --output=json (an object, or with --backing-chain an array of objects with 'filename' and 'format') or QMP query-named-block-nodes (an array of nodes with 'node-name', or {\"return\": [...]})", $named.input // "<stdin>"]
-     elif $bad != null then
-       [ (if $bad.error | (contains("Unfinished") or contains("unexpected EOF")) then "truncated JSON" else "not JSON" end)
-         + " (\($bad.error | split("\n") | map(select(. != "")) | last | split("^  ") | last))", $named.input // $bad.file ]
-     else null end) as $refusal
-  | if $refusal != null then "kbrules: \($refusal[1] + ": " + $refusal[0] | kb_show)\n" | halt_error(2)
-    else $in[] | .file as $file | .value | kbrules_report($args + {named: ({input: $file} + $named)}) end end;
+  | ($args.named.input // null) as $where
+  | (first(range(0; $in | length) as $i | $in[$i]
+           | if (.[0] | type) == "object" then [.[1], .[0].error]
+             elif $i > 0 and .[1] == $in[$i - 1][1] then [.[1], "more than one JSON value"] else empty end)
+     // (if $in == [] then [$where // "<stdin>"] else null end)) as $bad
+  | if $bad == null then $in[] | .[1] as $file | .[0][0] | kbrules_report($args + {named: ({input: $file} + $args.named)})
+    else ($where // $bad[0]) + ": " + (if $bad[1] == null then "empty input; expected qemu-img info --output=json (an object, or with --backing-chain an array of objects with 'filename' and 'format') or QMP query-named-block-nodes (an array of nodes with 'node-name', or {\"return\": [...]})"
+      elif $bad[1] | (contains("Unfinished") or contains("unexpected EOF")) then "truncated JSON (\($bad[1] | kb_jq_said))"
+      else "not JSON (\($bad[1] | kb_jq_said))" end)
+    | "kbrules: \(kb_show)\n" | halt_error(2) end end;
