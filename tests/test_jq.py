@@ -151,6 +151,36 @@ def test_generated_chains_agree(program_file: Path) -> None:
     assert_all_agree(plain + other, program_file)
 
 
+@pytest.mark.parametrize("value, names, top", _fixture_cases()[:40])
+def test_check_engine_jq_gives_the_same_report(value: Any, names: Any, top: Any, tmp_path: Path) -> None:
+    path = tmp_path / "input.json"
+    path.write_text(json.dumps(value))
+    args = ["check", str(path), "--format", "json"] + [f"--bitmap={n}" for n in names or []] + \
+        (["--top", top] if top else [])
+    by_python, by_jq = kbrules(*args), kbrules(*args, "--engine", "jq")
+    assert (by_jq.code, by_jq.json()) == (by_python.code, by_python.json())
+
+
+def test_check_engine_jq_on_an_image_and_its_limits(tmp_path: Path) -> None:
+    top = make_chain(tmp_path, [{"a": "ok", "b": "disabled"}, {"a": "ok"}])[0]
+    by_jq = kbrules("check", str(top), "--format", "json", "--engine", "jq")
+    assert by_jq.code == 1
+    assert by_jq.json() == kbrules("check", str(top), "--format", "json").json()
+    for extra, needle in ((["--format", "text"], "add --format json"),
+                          (["--format", "json", "--force-share"], "needs the Python engine")):
+        run = kbrules("check", str(top), "--engine", "jq", *extra)
+        assert run.code == 2 and run.out == "" and needle in run.err
+
+
+def test_check_engine_jq_names_a_bad_file_as_check_does(tmp_path: Path) -> None:
+    """jq refuses (the CLI passes the input's name): the line of the Python engine."""
+    path = tmp_path / "chain.json"
+    path.write_text(json.dumps(bad.qemu_img_deep(bad.QEMU_IMG_DEEP[0][1])))
+    by_python, by_jq = kbrules("check", str(path)), kbrules("check", str(path), "--engine", "jq", "--format", "json")
+    assert by_jq.err.startswith(f"kbrules: {path}: [1].format-specific.data.bitmaps: ")
+    assert (by_jq.code, by_jq.out, by_jq.err) == (2, "", by_python.err)
+
+
 # ------------------------------------------------------------ the fast path
 
 FAST_AND_CAREFUL = libjq.compile(jqbackend.module([]) + "\n[(try kb_fast(null) catch null), kb_careful(null; null)]")
