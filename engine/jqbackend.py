@@ -667,18 +667,17 @@ def _lookup(names: Any) -> str:
 def module(rules: Sequence[Rule], header: str = "") -> str:
     """The program as a jq module: definitions only (`include "kbrules"`)."""
     facts = "\n".join(f"def kb_facts_{kind}: {subjects.jq_facts(kind)};" for kind in subjects.KINDS)
-    prelude = PRELUDE
+    text = PRELUDE + MAIN
     for key, value in (("@NOT_PRINTABLE@", json.dumps([list(r) for r in NOT_PRINTABLE])),
                        ("@LOOK_ALIKES@", json.dumps([[list(k), w] for k, (w, _) in zip(LOOK_ALIKE_KEYS, LOOK_ALIKES)])),
-                       ("@SHAPES@", json.dumps(SHAPES)[1:-1]),
+                       ("@SHAPES@", json.dumps(SHAPES)[1:-1]),  # inside jq strings
                        ("@FORMAT_DRIVERS@", _lookup(FORMAT_DRIVERS)), ("@JOB_FILTERS@", _lookup(JOB_FILTERS)),
                        ("@QEMU_IMG_FLAGS@", json.dumps(QEMU_IMG_FLAGS, separators=(",", ":"))),
                        ("@FACTS@", facts), ("@FINDING_FIELDS@", subjects.jq_finding_fields()),
-                       ("@SH_ESCAPED@", json.dumps(SH_ESCAPED))):
-        prelude = prelude.replace(key, value)
-    main = MAIN.replace("@RULE_IDS@", json.dumps([r.id for r in rules])).replace(
-        "@RULE_FINDINGS@", rule_findings(rules)).replace("@SHAPES@", json.dumps(SHAPES)[1:-1])
-    return header + (prelude + main).rstrip("\n") + "\n"
+                       ("@SH_ESCAPED@", json.dumps(SH_ESCAPED)), ("@RULE_IDS@", json.dumps([r.id for r in rules])),
+                       ("@RULE_FINDINGS@", rule_findings(rules))):
+        text = text.replace(key, value)
+    return header + text.rstrip("\n") + "\n"
 
 
 def compile_program(rules: Sequence[Rule], header: str = "", entry: str = ENTRY_CLI) -> str:
@@ -751,6 +750,8 @@ def header(rules: Sequence[Rule], as_module: bool) -> str:
             "#   jq -f check.jq chain.json --args -- NAME...      only these bitmaps (--bitmap NAME)",
             "#   virsh qemu-monitor-command VM '{\"execute\":\"query-named-block-nodes\",\"arguments\":{\"flat\":true}}' \\",
             "#     | jq -f check.jq --arg top NODE                 QMP data of several disks (--top NODE)",
+            "#   jq -n -f check.jq chain.json                     also refuses empty input and text that",
+            "#                                                    is not JSON (jq reads it for the program)",
             "# The report's \"ok\" is true exactly when `kbrules check` would exit 0:",
             "#   ... | jq -f check.jq | jq -e .ok                 exits 1 otherwise (4 on no input)",
         ]

@@ -8,6 +8,8 @@
 #   jq -f check.jq chain.json --args -- NAME...      only these bitmaps (--bitmap NAME)
 #   virsh qemu-monitor-command VM '{"execute":"query-named-block-nodes","arguments":{"flat":true}}' \
 #     | jq -f check.jq --arg top NODE                 QMP data of several disks (--top NODE)
+#   jq -n -f check.jq chain.json                     also refuses empty input and text that
+#                                                    is not JSON (jq reads it for the program)
 # The report's "ok" is true exactly when `kbrules check` would exit 0:
 #   ... | jq -f check.jq | jq -e .ok                 exits 1 otherwise (4 on no input)
 #

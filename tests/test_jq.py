@@ -4,8 +4,10 @@ input, they refuse it with the same line and exit status 2."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+import unicodedata
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +22,8 @@ import badinputs as bad
 from engine import jqbackend
 from engine.errors import InputError
 from engine.evaluate import evaluate
-from engine.normalize import normalize
+from engine.examples import check_example
+from engine.normalize import LOOK_ALIKES, normalize
 from engine.report import to_dict
 from engine.loader import load_rules
 from engine.text import show
@@ -478,6 +481,42 @@ def test_broken_inputs_agree_in_every_jq(tmp_path: Path) -> None:
         checked += len(cases)
         refused += sum("error" in w for w in want)
     assert checked >= len(collected) // 2 and 0 < refused < checked
+
+
+def test_a_rule_example_with_bad_input_is_rejected_alike() -> None:
+    """kbrules test: an example whose input check refuses says so in both engines, in
+    the same words."""
+    rule = RULES[0]
+    example = dataclasses.replace(rule.examples[0], input={"filename": "x.qcow2"})
+    said = [check_example(rule, example, 1, engine) for engine in ("python", "jq")]
+    assert said[0] is not None and "input rejected: " in said[0] and "missing 'format'" in said[0]
+    assert said[0] == said[1]
+
+
+def test_look_alike_keys_are_those_of_normalize() -> None:
+    """jqbackend's keys of each look-alike say what normalize.LOOK_ALIKES' tests say."""
+    assert len(jqbackend.LOOK_ALIKE_KEYS) == len(LOOK_ALIKES)
+    for keys, (what, test) in zip(jqbackend.LOOK_ALIKE_KEYS, LOOK_ALIKES):
+        assert test({k: 1 for k in keys}), what
+        for k in keys:
+            assert not test({other: 1 for other in keys if other != k}), (what, k)
+
+
+REPR_AND_SHOW = libjq.compile(jqbackend.module([]) + "\nmap([kb_repr, kb_show])")
+
+
+def test_names_are_quoted_as_python_quotes_them() -> None:
+    """kb_repr is Python's repr() and kb_show is engine.text.show, on every assigned
+    code point up to U+FFFF and the planes' format and private-use characters: the
+    messages quote names with them. (Unassigned code points are left out: repr()
+    escapes them by its own Unicode version.)"""
+    points = [c for c in range(1, 0x10000) if not 0xD800 <= c <= 0xDFFF and unicodedata.category(chr(c)) != "Cn"]
+    points += [c for lo, hi in jqbackend.NOT_PRINTABLE if lo > 0xFFFF for c in (lo, hi)] + [0x1F600]
+    texts = ["".join(chr(c) for c in points[i:i + 64]) for i in range(0, len(points), 64)]
+    texts += ["it's", 'say "x"', "it's \"both\"", "a\\b", "", "tab\there"]
+    got = REPR_AND_SHOW.input_value(texts).first()
+    assert [r for r, _ in got] == [repr(t) for t in texts]
+    assert [v for _, v in got] == [show(t) for t in texts]
 
 
 # ------------------------------------------------------------ not JSON at all
