@@ -25,10 +25,10 @@ class Shape:
     bitmaps: int  # per layer: every layer holds the same names, as after snapshots
 
 
-SHAPES = (Shape("typical", 10, 50), Shape("deep", 2000, 25), Shape("wide", 20, 5000),
+SHAPES = (Shape("small", 3, 3), Shape("typical", 10, 50), Shape("deep", 2000, 25), Shape("wide", 20, 5000),
           Shape("deep10x", 20000, 25))
 # bench/run --quick: the same kinds of input, a tenth of the size or less.
-QUICK_SHAPES = (Shape("typical", 10, 50), Shape("deep", 200, 25), Shape("wide", 20, 500),
+QUICK_SHAPES = (Shape("small", 3, 3), Shape("typical", 10, 50), Shape("deep", 200, 25), Shape("wide", 20, 500),
                 Shape("deep10x", 2000, 25))
 
 

@@ -1,7 +1,7 @@
 """The articles' examples run as tests: every ``docs/kbase/*.rst`` is collected by Sybil,
 and so are ``docs/contributing.rst``, whose worked example is a session like theirs,
-and ``docs/monitoring.rst`` (``PAGES`` below; "article" in what follows means any of
-these pages).
+and ``docs/monitoring.rst`` and ``docs/jq.rst`` (``PAGES`` below; "article" in what
+follows means any of these pages).
 
 Run one article alone with ``python3 -m pytest docs/kbase/incremental-backup.rst``; the
 plain ``python3 -m pytest -q`` runs them too (``testpaths`` in pyproject.toml).
@@ -384,7 +384,7 @@ def stop_leftovers(where: Path) -> None:
 
 
 # The pages whose sessions run, relative to docs/.
-PAGES = ["kbase/*.rst", "contributing.rst", "monitoring.rst"]
+PAGES = ["kbase/*.rst", "contributing.rst", "monitoring.rst", "jq.rst"]
 
 pytest_collect_file = Sybil(
     parsers=[parse_console, PythonSessions()],

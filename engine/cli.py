@@ -17,9 +17,8 @@ from . import qemu
 from .errors import Interrupted, KbrulesError, ReaderGone, UsageError
 from .evaluate import evaluate
 from .formats import FORMATS, Output, Result, say, terminal_style, to_file, write_text
-from .inputs import MAX_JSON, STDIN, Input, read_input
+from .inputs import MAX_JSON, STDIN, Input, Raw, read_input, read_raw
 from .loader import load_rules
-from .model import any_error
 from .report import explanation
 from .rule import Rule
 from .text import count, show, table
@@ -69,14 +68,19 @@ exit status: as kbrules check: 0 nothing to repair, 1 the script has steps, 2 br
 
 JQ_EPILOG = """\
 examples:
-  kbrules jq > rules.jq
-  qemu-img info --output=json --backing-chain top.qcow2 | jq -f rules.jq
-  jq -f rules.jq chain.json --args -- daily weekly   (only these bitmaps)
-  jq -f rules.jq qmp.json --arg top libvirt-1-format (QMP data of several disks)
+  kbrules jq > check.jq
+  qemu-img info --output=json --backing-chain top.qcow2 | jq -f check.jq
+  jq -f check.jq chain.json --args -- daily weekly   (only these bitmaps)
+  jq -f check.jq qmp.json --arg top libvirt-1-format (QMP data of several disks)
+  jq -f check.jq chain.json | jq -e .ok             (exit 0 when check would)
+  kbrules jq --module > kbrules.jq
+  jq -L . 'include "kbrules"; kbrules_report | .bitmaps[].name' chain.json
 
 Put the input file before --args: every word after it is a bitmap name ('--'
-keeps a name that starts with '-' from being read as an option).
-rules/*.jq in the source tree are these programs, generated per rules file."""
+keeps a name that starts with '-' from being read as an option). Bad input gets
+check's own one line on stderr and exit status 2. In the source tree (and the
+installed package), rules/check.jq and rules/kbrules.jq are these two, with
+every shipped rules file."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -132,9 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     jq = sub.add_parser(
         "jq", help="print the rules as one jq program", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Print a self-contained jq program that reads the same input as kbrules "
-                    "check and prints the same JSON report as kbrules check --format json.",
+                    "check, refuses the same bad input, and prints the same JSON report as "
+                    "kbrules check --format json.",
         epilog=JQ_EPILOG)
     _rule_options(jq)
+    jq.add_argument("--module", action="store_true",
+                    help="print it as a jq module (definitions only) for include or import: "
+                         "kbrules_report, kbrules_entry")
     test = sub.add_parser(
         "test", help="run every rule's own examples in both engines",
         description="Run each rule's pass and fail examples through the Python engine and the "
@@ -279,28 +287,27 @@ def check(args: argparse.Namespace) -> int:
 
 def _check_one(source: str, args: argparse.Namespace, rules: list[Rule], program: Any) -> Result:
     """One input's result; `program` is the compiled jq program for --engine jq."""
-    read = read_input(source, top=args.top, image_format=args.image_format,
-                      force_share=args.force_share, as_json=args.as_json,
-                      trust_backing=args.trust_backing, max_json=args.max_json_size,
-                      timeout=args.timeout)
+    # jq takes JSON as read: it refuses bad input itself, in check's words.
+    read = (read_raw if program is not None else read_input)(
+        source, top=args.top, image_format=args.image_format, force_share=args.force_share,
+        as_json=args.as_json, trust_backing=args.trust_backing, max_json=args.max_json_size,
+        timeout=args.timeout)
     return _judge(read, args, rules, program)
 
 
-def _judge(read: Input, args: argparse.Namespace, rules: list[Rule], program: Any) -> Result:
+def _judge(read: Union[Input, Raw], args: argparse.Namespace, rules: list[Rule], program: Any) -> Result:
     for warning in read.warnings:
         say(f"qemu-img said: {warning.removeprefix('qemu-img: ')}")
     for note in read.notes:
         say(f"note: {note}")
     if program is not None:
-        # Read and normalized as for the Python engine, so that bad input gets the same
-        # one-line error; the report itself comes from jq.
         from . import jqbackend  # imported by check() already: --engine jq
 
-        data = jqbackend.run(program, read.value, args.bitmaps, args.top, read.context)
-        data["trust_backing"] = read.chain.trust_backing  # jq reads JSON: it never opens images
-        found = [f for key in ("bitmaps", "checkpoints") for b in data[key] for f in b["findings"]]
-        errors = any_error(f["severity"] for f in found + data["findings"])
-        return Result(read.name, EXIT_FINDINGS if errors else EXIT_OK, data)
+        data = jqbackend.run(program, read.value, args.bitmaps, args.top, read.context, where=read.name)
+        if isinstance(read, Input):  # jq reads JSON: it never opens images
+            data["trust_backing"] = read.chain.trust_backing
+        return Result(read.name, EXIT_OK if data["ok"] else EXIT_FINDINGS, data)
+    assert isinstance(read, Input)
     report = evaluate(read.chain, rules, args.bitmaps)
     return Result(read.name, EXIT_FINDINGS if report.has_error else EXIT_OK, report)
 
@@ -444,11 +451,8 @@ def jq_program(args: argparse.Namespace) -> int:
     from . import jqbackend  # only this command and --engine jq need it
 
     rules = _rules(args)
-    if args.rules and len(args.rules) == 1 and not (args.select or args.ignore):
-        # Exactly the committed rules/<article>.jq, header included.
-        write_text(jqbackend.committed_program(rules, args.rules[0].stem).rstrip("\n"))
-    else:
-        write_text(jqbackend.compile_program(rules).rstrip("\n"))
+    text = jqbackend.module_file(rules) if args.module else jqbackend.program_file(rules)
+    write_text(text.rstrip("\n"))
     return EXIT_OK
 
 

@@ -20,12 +20,13 @@ def where(rule: Rule, example: Example, number: int) -> str:
 
 def report_of(rule: Rule, example: Example, engine: str) -> dict[str, Any]:
     """The JSON report of one example with only its own rule, from either engine."""
+    where = f"{rule.source}: rule {rule.id}"  # names the input in a refusal, in both engines
     if engine == "jq":
         from . import jqbackend  # the binding is needed only here
 
         return jqbackend.run(jqbackend.binding([rule]), example.input, example.bitmaps or None,
-                             context=example.context)
-    chain = normalize(example.input, f"{rule.source}: rule {rule.id}", context=example.context)
+                             context=example.context, where=where)
+    chain = normalize(example.input, where, context=example.context)
     return to_dict(evaluate(chain, [rule], example.bitmaps or None))
 
 

@@ -19,7 +19,7 @@ import os
 import stat
 import sys
 from dataclasses import dataclass, replace
-from typing import Any, BinaryIO, Optional
+from typing import Any, BinaryIO, Optional, Union
 
 from . import inspect, qemu
 from .errors import InputError, ToolError, UsageError
@@ -42,14 +42,21 @@ class Input:
     context: Optional[Context] = None  # what else kbrules knows (the jq engine needs it too)
 
 
+@dataclass(frozen=True)
+class Raw:
+    """JSON as read, not yet normalized: what the jq engine takes (it refuses bad input
+    itself, in check's words)."""
+
+    name: str  # as messages name it: the path, or <stdin>
+    value: Any
+    warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    context: Optional[Context] = None
+
+
 def from_value(value: Any, name: str = "<data>", top: Optional[str] = None) -> Input:
     """An input from parsed JSON (qemu-img info or QMP query-named-block-nodes)."""
     return Input(name, value, normalize(value, name, top))
-
-
-def from_bytes(data: bytes, name: str, top: Optional[str] = None) -> Input:
-    """An input from JSON text."""
-    return from_value(parse_json(data, name), name, top)
 
 
 def from_image(path: str, image_format: Optional[str] = None, force_share: bool = False, *,
@@ -150,14 +157,25 @@ def read_input(source: str, top: Optional[str] = None, image_format: Optional[st
     picks a QMP top node; `image_format` and `force_share` are qemu-img's -f and -U
     (an image_format also makes the path an image, whatever its name); `as_json` reads
     any path as JSON; `trust_backing` lifts the backing policy (engine/inspect.py)."""
+    read = read_raw(source, top, image_format, force_share, stdin, as_json=as_json,
+                    trust_backing=trust_backing, max_json=max_json, timeout=timeout)
+    return read if isinstance(read, Input) else from_value(read.value, read.name, top)
+
+
+def read_raw(source: str, top: Optional[str] = None, image_format: Optional[str] = None,
+             force_share: bool = False, stdin: Optional[BinaryIO] = None, *,
+             as_json: bool = False, trust_backing: bool = False, max_json: int = MAX_JSON,
+             timeout: float = qemu.TIMEOUT) -> Union[Input, Raw]:
+    """read_input, but JSON is left as parsed (a Raw), for the jq engine; an image is
+    read (and normalized) as read_input reads it: qemu-img wrote its JSON."""
     if source == STDIN:
         if image_format:
             raise UsageError("--image-format needs an image path, not -")
         data = _limited(stdin or sys.stdin.buffer, "<stdin>", max_json)
-        return from_bytes(data, "<stdin>", top)
+        return Raw("<stdin>", parse_json(data, "<stdin>"))
     if image_format or not is_json(source, as_json):
         if top:
             raise UsageError("--top applies to QMP input, not to an image")
         return from_image(source, image_format, force_share, trust_backing=trust_backing,
                           timeout=timeout)
-    return from_bytes(read_json_file(source, max_json), source, top)
+    return Raw(source, parse_json(read_json_file(source, max_json), source))

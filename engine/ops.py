@@ -167,14 +167,15 @@ OPS: dict[str, Op] = {
     op.name: op
     for op in (
         Op("not", "true when the operand is false or null", 1, "condition", _BOOL,
-           lambda t, ty: f"(not {_true(t[0], ty[0])})", lambda t: f"({t[0]} | not)"),
-        # Operands are facts and literals: evaluating them all or stopping early is the same.
+           lambda t, ty: f"(not {_true(t[0], ty[0])})", lambda t: f"(if {t[0]} then false else true end)"),
+        # Python's and jq's `and`/`or` both stop at the first operand that decides (facts
+        # after it are not computed); jq's judge truthiness as all/any do.
         Op("all", "true when every operand is true", 0, "condition", _BOOL,
            lambda t, ty: "(" + " and ".join(map(_true, t, ty)) + ")",
-           lambda t: "([" + ", ".join(t) + "] | all)"),
+           lambda t: "(" + " and ".join(t if len(t) > 1 else [*t, "true"]) + ")"),
         Op("any", "true when at least one operand is true", 0, "condition", _BOOL,
            lambda t, ty: "(" + " or ".join(map(_true, t, ty)) + ")",
-           lambda t: "([" + ", ".join(t) + "] | any)"),
+           lambda t: "(" + " or ".join(t if len(t) > 1 else [*t, "false"]) + ")"),
         Op("eq", "the two operands are equal (no type coercion)", 2, "equal", _BOOL,
            _eq, lambda t: f"({t[0]} == {t[1]})"),
         Op("ne", "the two operands differ", 2, "equal", _BOOL,
@@ -322,13 +323,28 @@ def compile_py(expr: Any) -> Compiled:
     return fn
 
 
-def compile_jq(expr: Any) -> str:
+def _field_jq(name: str) -> str:
+    return f".[{json.dumps(name)}]"
+
+
+def compile_jq(expr: Any, field: Callable[[str], str] = _field_jq) -> str:
     """jq text of the expression, applied to the subject as `.`. Literals become JSON
-    text, which jq reads as the same literal."""
+    text, which jq reads as the same literal. `field` gives the jq text of a fact by
+    name (default: the subject's key of that name)."""
     if not isinstance(expr, dict):
         return json.dumps(expr)
     (name, arg), = expr.items()
     if name == FIELD:
-        return f".[{json.dumps(arg)}]"
+        return field(arg)
     op = OPS[name]
-    return op.jq([compile_jq(e) for e in ([arg] if op.arity == 1 else arg)])
+    return op.jq([compile_jq(e, field) for e in ([arg] if op.arity == 1 else arg)])
+
+
+def fields(expr: Any) -> set[str]:
+    """The names of the facts an expression reads."""
+    if not isinstance(expr, dict):
+        return set()
+    (name, arg), = expr.items()
+    if name == FIELD:
+        return {arg}
+    return set().union(*(fields(e) for e in ([arg] if OPS[name].arity == 1 else arg)))

@@ -16,7 +16,6 @@ Pure: a Report in, steps out.
 from __future__ import annotations
 
 import json
-import shlex
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -115,6 +114,12 @@ def _q(name: str) -> str:
     return f"'{name}'"
 
 
+def _tojson(value: object) -> str:
+    """JSON text as jq's tojson writes it (the jq program says the same): compact,
+    UTF-8, DEL escaped, keys sorted (as gojq writes every object)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True).replace("\x7f", "\\u007f")
+
+
 def _remove(name: str, layer: Layer) -> Step:
     return Step(name, layer.layer, f"Remove bitmap {_q(name)} from layer {layer.layer} ({layer.filename}).",
                 ("qemu-img", "bitmap", "--remove", "--", layer.filename, name))
@@ -157,8 +162,8 @@ def _libvirt_steps(chain: Chain, name: str, holders: Sequence[Layer]) -> list[St
         else:
             for h in holders:
                 if h.layer == 0 and h.node is not None:
-                    qmp = json.dumps({"execute": "block-dirty-bitmap-remove",
-                                      "arguments": {"node": h.node, "name": name}})
+                    qmp = _tojson({"execute": "block-dirty-bitmap-remove",
+                                   "arguments": {"node": h.node, "name": name}})
                     steps.append(Step(name, 0, f"Remove bitmap {_q(name)} from the top node ({h.node}).",
                                       _virsh(domain, "qemu-monitor-command", "--", domain.name, qmp)))
                 else:
@@ -173,7 +178,7 @@ def _libvirt_steps(chain: Chain, name: str, holders: Sequence[Layer]) -> list[St
                                           f"the record of a shut-off domain's checkpoint).",
                               _virsh(domain, "checkpoint-delete", "--metadata", "--", domain.name, name)))
     steps.append(Step(name, None, f"Then take a full backup with a new checkpoint: "
-                                  f"{shlex.join(_virsh(domain, 'backup-begin'))} "
+                                  f"virsh {'-c ' + sh_quote(domain.connect) + ' ' if domain.connect else ''}backup-begin "
                                   f"{sh_quote(domain.name)} BACKUP.xml CHECKPOINT.xml, where "
                                   f"CHECKPOINT.xml is <domaincheckpoint><name>NAME</name></domaincheckpoint>"
                                   f"{' (start the domain first)' if not domain.running else ''}."))
@@ -190,13 +195,13 @@ def _qmp_steps(chain: Chain, name: str, holders: Sequence[Layer]) -> list[Step]:
     steps = []
     for h in holders:
         if h.layer == 0:
-            qmp = json.dumps({"execute": "block-dirty-bitmap-remove", "arguments": {"node": h.node, "name": name}})
+            qmp = _tojson({"execute": "block-dirty-bitmap-remove", "arguments": {"node": h.node, "name": name}})
             steps.append(Step(name, 0, f"Send QMP: {qmp}"))
         else:
             steps.append(Step(name, h.layer, f"With the VM shut down (QEMU refuses to change a read-only "
                                              f"backing node): qemu-img bitmap --remove -- "
                                              f"{sh_quote(h.filename)} {sh_quote(name)}"))
-    add = json.dumps({"node": chain.layers[0].node, "name": name, "persistent": True})
+    add = _tojson({"node": chain.layers[0].node, "name": name, "persistent": True})
     steps.append(Step(name, None, f"Then take a new full backup, and start the bitmap anew in the same QMP "
                                   f"transaction as the backup job: block-dirty-bitmap-add {add}."))
     return steps

@@ -25,7 +25,15 @@ def _finding(f: Finding) -> dict[str, Any]:
 
 
 def to_dict(report: Report) -> dict[str, Any]:
+    # The overall verdict first: what the exit status says (ok: 0), and the findings
+    # of each severity that count for it, in bitmaps, checkpoints and the chain.
+    found = [f.severity for v in report.bitmaps for f in v.findings]
+    found += [f.severity for c in report.checkpoints for f in c.findings]
+    found += [f.severity for f in report.findings]
     return {
+        "ok": not report.has_error,
+        "errors": found.count("error"),
+        "warnings": found.count("warning"),
         "source": report.chain.source,
         "trust_backing": report.chain.trust_backing,
         "chain": [{"layer": l.layer, "filename": l.filename, "format": l.format, "node": l.node}

@@ -76,18 +76,25 @@ class Template:
         return tuple(c.words(facts) for c in self.commands)
 
     def words(self, facts: dict[str, Any]) -> tuple[str, ...]:
-        out: list[str] = []
-        word: Optional[str] = None
+        return tuple("".join(literal if field is None else tostring(facts.get(field)) for literal, field in word)
+                     for word in self.word_parts())
+
+    def word_parts(self) -> tuple[tuple[tuple[str, Optional[str]], ...], ...]:
+        """The command's words, each as its pieces: (literal, None) or ("", field) for
+        a placeholder, whose value stays within its word (the jq program renders the
+        same pieces)."""
+        out: list[tuple[tuple[str, Optional[str]], ...]] = []
+        word: Optional[list[tuple[str, Optional[str]]]] = None
         for literal, field, _ in self.parts:
             for i, piece in enumerate(re.split(r"\s+", literal)):
                 if i > 0 and word is not None:  # a space ends the word
-                    out.append(word)
+                    out.append(tuple(word))
                     word = None
                 if piece:
-                    word = (word or "") + piece
+                    word = (word or []) + [(piece, None)]
             if field is not None:
-                word = (word or "") + tostring(facts.get(field))
-        return tuple(out + ([word] if word is not None else []))
+                word = (word or []) + [("", field)]
+        return tuple(out + ([tuple(word)] if word is not None else []))
 
     def pieces(self) -> list[tuple[str, bool]]:
         """The text as (piece, is_command) with each placeholder as its field's name in

@@ -10,14 +10,19 @@ the same texts. Both builders, the types that rules are checked against, and the
 list of facts come from this table, so a fact cannot be in one and missing from
 another.
 
-The contexts, in Python (NamedTuples below) and as the jq objects that
-``jq_subjects()`` builds from the normalized chain (see jqbackend.PRELUDE):
+The contexts, in Python (NamedTuples below) and in jq (built by the kb_*_contexts
+definitions of jqbackend.PRELUDE from the normalized chain):
 
-- bitmap: ``name``, ``copies`` (its copies, top first), ``complete`` (the input
-  reaches the base), ``last`` (index of the last layer), ``checkpointed`` (a checkpoint
-  of the domain names it for this disk; null without a domain);
-- copy: the bitmap (Python: ``.bitmap``; jq: the bitmap object itself), its ``layer``
-  and ``above`` (how many layers above hold the bitmap);
+- bitmap: ``name``, ``copies`` (its copies, top first; in jq only what the facts
+  need of them: ``first``, the first one's layer, ``count`` and ``granularities``),
+  ``complete`` (the input reaches the base), ``last`` (index of the last layer),
+  ``checkpointed`` (a checkpoint of the domain names it for this disk; null without a
+  domain);
+- copy: the bitmap, its ``layer`` and ``above`` (how many layers above hold the
+  bitmap). In jq a copy is a small array, as the chain's layers hold them, plus its
+  ``above``: ``[name, layer, flags, granularity, above]`` where ``flags`` is
+  recording + 2 inconsistent + 4 persistent + 8 busy (a whole chain of copies is
+  sorted and scanned as arrays far faster than as objects);
 - layer: ``layer`` (the Layer), ``below`` (the next Layer, or null), ``above``
   (bitmaps in the layers above, all together) and ``held`` (another program had it
   open read-write when read: true, false, or null when unknown);
@@ -145,37 +150,39 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("bitmap", "each bitmap name being checked", (
         Fact("name", _STR, "the bitmap's name", "name", ".name"),
         Fact("first_layer", _INT_OR_NULL, "the topmost layer holding it; null when no layer does",
-             "copies[0].layer if copies else None", ".copies[0].layer"),
-        Fact("copies", _INT, "how many layers hold it", "len(copies)", ".copies | length"),
+             "copies[0].layer if copies else None", ".first"),
+        Fact("copies", _INT, "how many layers hold it", "len(copies)", ".count"),
         Fact("chain_complete", _BOOL,
              "false when the last layer has a backing file missing from the input",
              "complete", ".complete"),
         Fact("last_layer", _INT, "the index of the last layer in the input", "last", ".last"),
         Fact("granularities", _INT, "how many different granularities its copies have",
              "len({c.bitmap.granularity for c in copies} - {None})",
-             "[.copies[].granularity | select(. != null)] | unique | length"),
+             # Mostly one value: min and max tell it without sorting.
+             ".granularities | min as $lo | max as $hi | if $lo == $hi then (if $lo == null then 0 else 1 end) "
+             "else map(select(. != null)) | unique | length end"),
         Fact("alike", _STR, "for a bitmap that no layer holds, the names the chain holds, most "
              "alike first (what a mistyped name meant); empty when a layer holds it",
              '"" if copies else alike(name, present)',
-             'if (.copies | length) > 0 then "" else kb_alike(.name; .present) end'),
+             'if .count > 0 then "" else kb_alike(.name; .present) end'),
         Fact("has_checkpoint", _BOOL_OR_NULL,
              "a checkpoint of the libvirt domain names it for this disk; null without a domain",
              "checkpointed", ".checkpointed"),
     ), "bitmap"),
     Kind("copy", "each copy of a bitmap being checked, in every layer", (
-        Fact("name", _STR, "the bitmap's name", "bitmap.name", ".name"),
-        Fact("layer", _INT, "the layer holding this copy (0 is the top)", "layer", ".layer"),
+        Fact("name", _STR, "the bitmap's name", "bitmap.name", ".[0]"),
+        Fact("layer", _INT, "the layer holding this copy (0 is the top)", "layer", ".[1]"),
         Fact("copies_above", _INT, "how many layers above this one hold the bitmap",
-             "above", ".above"),
+             "above", ".[4]"),
         Fact("recording", _BOOL, "the copy tracks writes (qemu-img flag 'auto')",
-             "bitmap.recording", ".recording"),
+             "bitmap.recording", ".[2] % 2 == 1"),
         Fact("inconsistent", _BOOL, "the copy was not saved cleanly (qemu-img flag 'in-use')",
-             "bitmap.inconsistent", ".inconsistent"),
+             "bitmap.inconsistent", ".[2] % 4 >= 2"),
         Fact("persistent", _BOOL, "the copy is stored in the image (always so in qemu-img data)",
-             "bitmap.persistent", ".persistent"),
-        Fact("busy", _BOOL, "a block job is using the copy (QMP only)", "bitmap.busy", ".busy"),
+             "bitmap.persistent", ".[2] % 8 >= 4"),
+        Fact("busy", _BOOL, "a block job is using the copy (QMP only)", "bitmap.busy", ".[2] >= 8"),
         Fact("granularity", _INT_OR_NULL, "bytes per bit; null when not given",
-             "bitmap.granularity", ".granularity"),
+             "bitmap.granularity", ".[3]"),
     ), "bitmap"),
     Kind("layer", "each layer of the chain", (
         Fact("layer", _INT, "the layer's index (0 is the top)", "layer.layer", ".layer.layer"),
@@ -201,7 +208,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
              "above", ".above"),
         Fact("bitmaps_in_use", _INT, "how many of its bitmaps are inconsistent (qemu-img flag 'in-use')",
              "sum(b.inconsistent for b in layer.bitmaps)",
-             "[.layer.bitmaps[] | select(.inconsistent)] | length"),
+             "[.layer.bitmaps[][2] | select(. % 4 >= 2)] | length"),
         Fact("held", _BOOL_OR_NULL, "another program had the layer open read-write when it was "
              "read (its in-use flags then mean nothing); null when the input does not say",
              "held", ".held"),
@@ -382,35 +389,11 @@ def kb_alike($name; $present):
 """
 
 
-def jq_subjects() -> str:
-    """jq definitions: kb_subjects($names; $req), the same subjects as build() with the
-    names to check and those requested, on the chain
-    that kb_chain normalizes (each bitmap object carries its layer, each layer its
-    `held`); and kb_finding_fields, the template fields of a finding's context."""
-    facts = {name: _jq_object(kind.facts) for name, kind in KINDS.items()}
-    return JQ_ALIKE.replace("ALIKE", str(ALIKE)) + f"""
-def kb_subjects($names; $req):
-  . as $chain
-  | kb_checkpoint_bitmaps as $named
-  | kb_by_name($names) as $groups
-  | [ foreach (.layers[] | .bitmaps | length) as $n (0; . + $n; . - $n) ] as $above
-  | ([ $chain.layers[].bitmaps[].name ] | unique) as $present
-  | {{ bitmap: [ $groups[]
-                | {{ name, copies, complete: $chain.complete, last: (($chain.layers | length) - 1),
-                    checkpointed: (if $chain.domain == null then null else .name as $n | $named | has($n) end),
-                    present: $present }}
-                | {facts["bitmap"]} ],
-      copy: [ $groups[].copies | to_entries[] | .value + {{above: .key}}
-              | {facts["copy"]} ],
-      layer: [ $chain.layers[] | {{layer: ., below: $chain.layers[.layer + 1], above: $above[.layer], held}}
-               | {facts["layer"]} ],
-      checkpoint: [ ($chain.domain // {{checkpoints: []}}) as $d
-                    | $d.checkpoints[]
-                    | {{checkpoint: ., entry: ([.disks[] | select(.name == $d.disk)] | .[0]), disks: $d.disks}}
-                    # With names asked for, only the checkpoints of those names.
-                    | select(. as $p | ($req | length) == 0 or ($req | index([$p.checkpoint.name])) != null
-                             or ($p.entry != null and ($req | index([$p.entry.bitmap])) != null))
-                    | {facts["checkpoint"]} ] }};
+def jq_facts(kind: str) -> str:
+    """jq text of a subject's facts object, made from its context (`.`)."""
+    return _jq_object(KINDS[kind].facts)
 
-def kb_finding_fields: {_jq_object(FINDING_FIELDS)};
-"""
+
+def jq_finding_fields() -> str:
+    """jq definition of kb_finding_fields: the template fields of a finding's context."""
+    return f"def kb_finding_fields: {_jq_object(FINDING_FIELDS)};"

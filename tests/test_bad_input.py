@@ -4,21 +4,21 @@ where, nothing on stdout (never a report), and never a traceback."""
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
+import badinputs as bad
 from engine import __version__
 from engine.cli import main
 from engine.loader import load_rules
-from builders import bitmap, layer
-from helpers import LIBVIRT, Run, assert_one_line_error, kbrules, make_chain, qemu_img
+from badinputs import chain, qmp_nodes
+from helpers import Run, assert_one_line_error, kbrules, make_chain, qemu_img
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -43,17 +43,6 @@ def run_input(via: str, data: bytes, tmp_path: Path, *extra: str) -> tuple[Run, 
 
 def run_value(via: str, value: Any, tmp_path: Path, *extra: str) -> tuple[Run, str]:
     return run_input(via, json.dumps(value).encode(), tmp_path, *extra)
-
-
-def chain() -> list[dict[str, Any]]:
-    """A good 2-layer qemu-img --backing-chain value, to break in one place."""
-    return [layer("top.qcow2", [bitmap("a", "auto"), bitmap("b", "auto")], backing="base.qcow2"),
-            layer("base.qcow2", [bitmap("a", "auto")])]
-
-
-def qmp_nodes() -> list[dict[str, Any]]:
-    """A good QMP query-named-block-nodes value (libvirt's own 'basic' data)."""
-    return json.loads((LIBVIRT / "basic.json").read_text())
 
 
 # ------------------------------------------------------------------ empty, not JSON
@@ -104,27 +93,12 @@ def test_the_real_output_itself_is_fine(real_info: bytes) -> None:
 
 
 # ---------------------------------------------------------------- JSON, wrong shape
-
-SHAPE = "expected qemu-img info --output=json"
+# The bad JSON values are in badinputs.py: tests/test_jq.py holds the jq program to
+# the same lines.
 
 
 @pytest.mark.parametrize("via", VIAS)
-@pytest.mark.parametrize("value, needles", [
-    (42, ["top level", "a number", SHAPE]),
-    (1.5, ["top level", "a number", SHAPE]),
-    ("top.qcow2", ["top level", "a string", SHAPE]),
-    (None, ["top level", "null", SHAPE]),
-    (True, ["top level", "a boolean", SHAPE]),
-    ({}, ["top level", "neither 'filename' nor 'return'", SHAPE]),
-    ([], ["top level", "an empty array", SHAPE]),
-    ([1, 2], ["[0]", "expected an object, got a number"]),
-    ([[]], ["[0]", "expected an object, got an array"]),
-    ({"foo": 1, "bar": [2]}, ["top level", "neither 'filename' nor 'return'"]),
-    ({"virtual-size": 1048576, "dirty-flag": False}, ["top level", "neither 'filename'"]),
-    ([{"filename": "a.qcow2"}], ["[0]", "missing 'format'"]),
-    ({"format": "qcow2"}, ["top level", "missing 'filename'"]),
-], ids=["int", "float", "string", "null", "bool", "empty-object", "empty-array", "numbers",
-        "nested-array", "unrelated-keys", "no-filename", "no-format", "format-only"])
+@pytest.mark.parametrize("value, needles", [c[1:] for c in bad.OTHER_SHAPES], ids=[c[0] for c in bad.OTHER_SHAPES])
 def test_json_of_another_shape(via: str, value: Any, needles: list[str], tmp_path: Path) -> None:
     run, where = run_value(via, value, tmp_path)
     assert_one_line_error(run, where, *needles)
@@ -132,60 +106,39 @@ def test_json_of_another_shape(via: str, value: Any, needles: list[str], tmp_pat
 
 @pytest.mark.parametrize("via", VIAS)
 def test_qmp_nodes_mixed_with_other_objects(via: str, tmp_path: Path) -> None:
-    nodes = qmp_nodes()
-    nodes.insert(1, {"device": "drive-virtio-disk0"})
-    run, where = run_value(via, nodes, tmp_path)
+    run, where = run_value(via, bad.qmp_nodes_mixed_with_other_objects(), tmp_path)
     assert_one_line_error(run, where, "[1]", "no 'node-name'")
 
 
 @pytest.mark.parametrize("via", VIAS)
 def test_qemu_img_layers_mixed_with_qmp_nodes(via: str, tmp_path: Path) -> None:
-    value = chain() + qmp_nodes()[:1]
-    run, where = run_value(via, value, tmp_path)
+    run, where = run_value(via, bad.qemu_img_layers_mixed_with_qmp_nodes(), tmp_path)
     assert_one_line_error(run, where, "[0]", "no 'node-name'")
 
 
 @pytest.mark.parametrize("wrapped", [False, True])
 def test_qmp_query_block_is_refused_with_the_right_command(wrapped: bool, tmp_path: Path) -> None:
     """query-block (not query-named-block-nodes): say which command to use instead."""
-    disk = {"device": "drive-virtio-disk0", "qdev": "/machine/peripheral/virtio-disk0/virtio-backend",
-            "locked": False, "removable": False, "type": "unknown",
-            "inserted": {"node-name": "libvirt-1-format", "drv": "qcow2", "file": "/var/lib/top.qcow2",
-                         "image": {"filename": "/var/lib/top.qcow2", "format": "qcow2",
-                                   "virtual-size": 1048576},
-                         "dirty-bitmaps": [{"name": "a", "recording": True, "persistent": True,
-                                            "busy": False, "granularity": 65536, "count": 0}]}}
-    value: Any = {"return": [disk]} if wrapped else [disk]
     for via in VIAS:
-        run, where = run_value(via, value, tmp_path)
+        run, where = run_value(via, bad.query_block(wrapped), tmp_path)
         assert_one_line_error(run, where, "query-named-block-nodes")
 
 
 @pytest.mark.parametrize("via", VIAS)
 def test_qmp_error_reply(via: str, tmp_path: Path) -> None:
-    reply = {"error": {"class": "GenericError",
-                       "desc": "Cannot find device='vdz' nor node-name='vdz'"}, "id": "libvirt-42"}
-    run, where = run_value(via, reply, tmp_path)
+    run, where = run_value(via, bad.QMP_ERROR_REPLY, tmp_path)
     assert_one_line_error(run, where, "QMP error reply", "GenericError",
                           "Cannot find device='vdz' nor node-name='vdz'")
 
 
 def test_qmp_error_reply_with_line_breaks_stays_one_line() -> None:
-    reply = {"error": {"class": "Generic\nError", "desc": "first\nsecond\r\nthird\x1b[31m"}}
-    run = kbrules("check", "-", stdin=json.dumps(reply).encode())
+    run = kbrules("check", "-", stdin=json.dumps(bad.QMP_ERROR_REPLY_WITH_LINE_BREAKS).encode())
     line = assert_one_line_error(run, "QMP error reply", "first", "third")
     assert "\x1b" not in line
 
 
 @pytest.mark.parametrize("via", VIAS)
-@pytest.mark.parametrize("reply, needles", [
-    ({"return": {}}, ["return", "a QMP reply to another command (an object, not an array"]),
-    ({"return": None}, ["return", "a QMP reply to another command (null, not an array"]),
-    ({"return": "x"}, ["return", "a QMP reply to another command (a string, not an array"]),
-    ({"return": []}, ["return", "no format node"]),
-    ({"return": [1]}, ["return[0]", "expected an object, got a number"]),
-    ({"QMP": {"version": {}, "capabilities": []}}, ["top level", "this looks like a QMP greeting"]),
-], ids=["object", "null", "string", "empty", "number", "greeting"])
+@pytest.mark.parametrize("reply, needles", [c[1:] for c in bad.QMP_REPLIES], ids=[c[0] for c in bad.QMP_REPLIES])
 def test_qmp_reply_of_another_shape(via: str, reply: Any, needles: list[str], tmp_path: Path) -> None:
     run, where = run_value(via, reply, tmp_path)
     assert_one_line_error(run, where, *needles)
@@ -194,10 +147,7 @@ def test_qmp_reply_of_another_shape(via: str, reply: Any, needles: list[str], tm
 @pytest.fixture(scope="module")
 def other_commands(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     """What other qemu-img commands print as JSON, about a real image."""
-    d = tmp_path_factory.mktemp("others")
-    make_chain(d, [{"a": "ok"}, {}])
-    return {command: qemu_img(command, "--output=json", "layer0.qcow2", cwd=d).encode()
-            for command in ("check", "measure", "map")}
+    return bad.other_commands(tmp_path_factory.mktemp("others"))
 
 
 @pytest.mark.parametrize("via", VIAS)
@@ -210,99 +160,30 @@ def test_other_qemu_img_commands_are_named(via: str, command: str, other_command
     assert_one_line_error(run, where, f"this looks like qemu-img {command} --output=json")
 
 
-@pytest.mark.parametrize("value, needles", [
-    ({"event": "BLOCK_JOB_COMPLETED", "data": {"device": "vda"}, "timestamp": {"seconds": 1}},
-     ["top level", "this looks like a QMP event"]),
-    ({"return": [{"id": "job0", "type": "backup", "device": "vda", "status": "running"}]},
-     ["return", "a QMP reply to another command (its entries have no 'node-name'"]),
-    ({"filename": "x.qcow2", "format": "qcow2"}, ["top level", "missing 'virtual-size'"]),
-    ([layer("top.qcow2", [], "base.qcow2"), {"filename": "base.qcow2", "format": "qcow2"}],
-     ["[1]", "missing 'virtual-size'"]),
-], ids=["event", "another-reply", "no-virtual-size", "no-virtual-size-below"])
+@pytest.mark.parametrize("value, needles", [c[1:] for c in bad.LOOK_ALIKES], ids=[c[0] for c in bad.LOOK_ALIKES])
 def test_look_alikes_are_refused(value: Any, needles: list[str]) -> None:
     assert_one_line_error(kbrules("check", "-", stdin=json.dumps(value).encode()), *needles)
 
 
 def test_qmp_only_protocol_nodes() -> None:
-    nodes = [n for n in qmp_nodes() if n["drv"] == "file"]
-    assert_one_line_error(kbrules("check", "-", stdin=json.dumps(nodes).encode()),
+    assert_one_line_error(kbrules("check", "-", stdin=json.dumps(bad.qmp_only_protocol_nodes()).encode()),
                           "no format node")
 
 
 # ------------------------------------------------------ wrong types deep inside, paths
 
-Mutator = Callable[[Any], None]
-
-
-def _set(path: list[Any], value: Any) -> Mutator:
-    def mutate(doc: Any) -> None:
-        for key in path[:-1]:
-            doc = doc[key]
-        doc[path[-1]] = value
-    return mutate
-
-
-def _delete(path: list[Any]) -> Mutator:
-    def mutate(doc: Any) -> None:
-        for key in path[:-1]:
-            doc = doc[key]
-        del doc[path[-1]]
-    return mutate
-
-
-BITMAPS = ["format-specific", "data", "bitmaps"]
-
-QEMU_IMG_DEEP: list[tuple[str, Mutator, list[str]]] = [
-    ("bitmaps-not-a-list", _set([1, *BITMAPS], {"name": "a"}),
-     ["[1].format-specific.data.bitmaps:", "expected an array, got an object"]),
-    ("bitmaps-a-string", _set([0, *BITMAPS], "a,b"),
-     ["[0].format-specific.data.bitmaps:", "expected an array, got a string"]),
-    ("bitmap-not-an-object", _set([0, *BITMAPS, 1], "b"),
-     ["[0].format-specific.data.bitmaps[1]:", "expected an object, got a string"]),
-    ("bitmap-without-name", _delete([0, *BITMAPS, 1, "name"]),
-     ["[0].format-specific.data.bitmaps[1]:", "missing 'name'"]),
-    ("bitmap-name-null", _set([0, *BITMAPS, 1, "name"], None),
-     ["[0].format-specific.data.bitmaps[1]", "name"]),
-    ("bitmap-name-a-number", _set([0, *BITMAPS, 1, "name"], 7),
-     ["[0].format-specific.data.bitmaps[1].name:", "expected a string, got a number"]),
-    ("flags-not-strings", _set([0, *BITMAPS, 0, "flags"], ["auto", 1]),
-     ["[0].format-specific.data.bitmaps[0].flags[1]:", "expected a string, got a number"]),
-    ("flags-a-string", _set([1, *BITMAPS, 0, "flags"], "auto"),
-     ["[1].format-specific.data.bitmaps[0].flags:", "expected an array, got a string"]),
-    ("granularity-a-string", _set([0, *BITMAPS, 1, "granularity"], "65536"),
-     ["[0].format-specific.data.bitmaps[1].granularity:", "expected a number, got a string"]),
-    ("granularity-a-boolean", _set([0, *BITMAPS, 1, "granularity"], True),
-     ["[0].format-specific.data.bitmaps[1].granularity:", "got a boolean"]),
-    ("filename-a-number", _set([1, "filename"], 42),
-     ["[1].filename:", "expected a string, got a number"]),
-    ("format-null", _set([1, "format"], None), ["[1]", "format"]),
-    ("format-specific-a-list", _set([0, "format-specific"], []),
-     ["[0].format-specific:", "expected an object, got an array"]),
-    ("data-a-string", _set([0, "format-specific", "data"], "qcow2"),
-     ["[0].format-specific.data:", "expected an object, got a string"]),
-    ("compat-a-number", _set([0, "format-specific", "data", "compat"], 1.1),
-     ["[0].format-specific.data.compat:", "expected a string, got a number"]),
-    ("backing-a-number", _set([0, "full-backing-filename"], 3),
-     ["[0].full-backing-filename:", "expected a string"]),
-    ("layer-null", _set([1], None), ["[1]:", "expected an object, got null"]),
-]
-
-
 @pytest.mark.parametrize("via", VIAS)
-@pytest.mark.parametrize("mutate, needles", [c[1:] for c in QEMU_IMG_DEEP],
-                         ids=[c[0] for c in QEMU_IMG_DEEP])
-def test_qemu_img_wrong_type_deep_inside(via: str, mutate: Mutator, needles: list[str],
+@pytest.mark.parametrize("mutate, needles", [c[1:] for c in bad.QEMU_IMG_DEEP],
+                         ids=[c[0] for c in bad.QEMU_IMG_DEEP])
+def test_qemu_img_wrong_type_deep_inside(via: str, mutate: bad.Mutator, needles: list[str],
                                          tmp_path: Path) -> None:
-    doc = chain()
-    mutate(doc)
-    run, where = run_value(via, doc, tmp_path)
+    run, where = run_value(via, bad.qemu_img_deep(mutate), tmp_path)
     assert_one_line_error(run, where, *needles)
 
 
 def test_qemu_img_single_object_paths_have_no_index() -> None:
     """One image (no --backing-chain): paths start at the object's own keys."""
-    doc = chain()[1]
-    doc["format-specific"]["data"]["bitmaps"].append({"flags": []})
+    doc = bad.qemu_img_single_object_without_name()
     line = assert_one_line_error(kbrules("check", "-", stdin=json.dumps(doc).encode()),
                                  "<stdin>: format-specific.data.bitmaps[1]:", "missing 'name'")
     assert "[0]" not in line
@@ -310,59 +191,17 @@ def test_qemu_img_single_object_paths_have_no_index() -> None:
 
 def test_nested_backing_image_path() -> None:
     """A nested backing-image (older tools print one): the path follows it."""
-    doc = chain()[0]
-    doc["backing-image"] = chain()[1]
-    doc["backing-image"]["format-specific"]["data"]["bitmaps"][0]["flags"] = [None]
+    doc = bad.nested_backing_image_with_a_bad_flag()
     run = kbrules("check", "-", stdin=json.dumps(doc).encode())
     assert_one_line_error(run, "backing-image.format-specific.data.bitmaps[0].flags[0]:",
                           "expected a string, got null")
 
 
-QMP_DEEP: list[tuple[str, Callable[[list[dict[str, Any]]], None], list[str]]] = [
-    ("dirty-bitmaps-an-object",
-     lambda ns: ns[0].update({"dirty-bitmaps": {"name": "a"}}),
-     ["[0].dirty-bitmaps:", "expected an array, got an object"]),
-    ("bitmap-name-null",  # a bitmap without 'name' is a job's own, skipped (test_qmp)
-     lambda ns: ns[0]["dirty-bitmaps"][2].update({"name": None}),
-     ["[0].dirty-bitmaps[2].name:", "expected a string, got null"]),
-    ("recording-a-string",
-     lambda ns: ns[0]["dirty-bitmaps"][1].update({"recording": "true"}),
-     ["[0].dirty-bitmaps[1].recording:", "expected a boolean, got a string"]),
-    ("persistent-a-number",
-     lambda ns: ns[0]["dirty-bitmaps"][0].update({"persistent": 1}),
-     ["[0].dirty-bitmaps[0].persistent:", "expected a boolean, got a number"]),
-    ("inconsistent-a-string",
-     lambda ns: ns[0]["dirty-bitmaps"][0].update({"inconsistent": "yes"}),
-     ["[0].dirty-bitmaps[0].inconsistent:", "expected a boolean"]),
-    ("granularity-a-string",
-     lambda ns: ns[0]["dirty-bitmaps"][3].update({"granularity": "64k"}),
-     ["[0].dirty-bitmaps[3].granularity:", "expected a number, got a string"]),
-    ("node-name-a-number",
-     lambda ns: ns[1].update({"node-name": 1}),
-     ["[1].node-name:", "expected a string, got a number"]),
-    ("file-a-number",
-     lambda ns: ns[0].update({"file": 5}),
-     ["[0].file:", "expected a string, got a number"]),
-    ("no-drv",
-     lambda ns: ns[1].pop("drv"),
-     ["[1]:", "missing 'drv'"]),
-    ("image-a-string",
-     lambda ns: ns[0].update({"image": "/tmp/bitmaps.qcow2"}),
-     ["[0].image:", "expected an object, got a string"]),
-    ("backing-filename-a-list",
-     lambda ns: ns[0]["image"].update({"backing-filename": ["/tmp/x"]}),
-     ["[0].image.backing-filename:", "expected a string, got an array"]),
-]
-
-
 @pytest.mark.parametrize("wrapped", [False, True], ids=["bare", "return"])
-@pytest.mark.parametrize("mutate, needles", [c[1:] for c in QMP_DEEP], ids=[c[0] for c in QMP_DEEP])
-def test_qmp_wrong_type_deep_inside(wrapped: bool, mutate: Callable[[list[dict[str, Any]]], None],
+@pytest.mark.parametrize("mutate, needles", [c[1:] for c in bad.QMP_DEEP], ids=[c[0] for c in bad.QMP_DEEP])
+def test_qmp_wrong_type_deep_inside(wrapped: bool, mutate: bad.QmpMutator,
                                     needles: list[str], tmp_path: Path) -> None:
-    nodes = qmp_nodes()
-    assert nodes[0]["node-name"] == "libvirt-1-format"
-    mutate(nodes)
-    value: Any = {"return": nodes} if wrapped else nodes
+    value = bad.qmp_deep(mutate, wrapped)
     for via in VIAS:
         run, where = run_value(via, value, tmp_path)
         prefix = "return" if wrapped else ""
@@ -374,18 +213,14 @@ def test_qmp_wrong_type_deep_inside(wrapped: bool, mutate: Callable[[list[dict[s
 
 @pytest.mark.parametrize("via", VIAS)
 def test_two_bitmaps_of_one_name_in_a_layer_qemu_img(via: str, tmp_path: Path) -> None:
-    doc = chain()
-    doc[0]["format-specific"]["data"]["bitmaps"].append(bitmap("a", "auto"))
-    run, where = run_value(via, doc, tmp_path)
+    run, where = run_value(via, bad.two_bitmaps_of_one_name_qemu_img(), tmp_path)
     assert_one_line_error(run, where, "[0].format-specific.data.bitmaps[2]:",
                           "a second bitmap named 'a' in one layer")
 
 
 @pytest.mark.parametrize("via", VIAS)
 def test_two_bitmaps_of_one_name_in_a_layer_qmp(via: str, tmp_path: Path) -> None:
-    nodes = qmp_nodes()
-    nodes[0]["dirty-bitmaps"].append(copy.deepcopy(nodes[0]["dirty-bitmaps"][0]))
-    run, where = run_value(via, nodes, tmp_path)
+    run, where = run_value(via, bad.two_bitmaps_of_one_name_qmp(), tmp_path)
     assert_one_line_error(run, where, "[0].dirty-bitmaps[5]:", "a second bitmap named 'current'")
 
 
@@ -396,26 +231,18 @@ def test_same_name_in_two_layers_is_fine() -> None:
 def test_qmp_two_format_nodes_for_one_file() -> None:
     """A twin that holds the same bitmaps cannot change a verdict: it is no error
     (test_qmp.py); one that holds other bitmaps leaves the chain ambiguous."""
-    nodes = qmp_nodes()
-    twin = copy.deepcopy(nodes[0])
-    twin["node-name"] = "twin-format"
-    twin["dirty-bitmaps"][0]["recording"] = not twin["dirty-bitmaps"][0]["recording"]
-    assert_one_line_error(kbrules("check", "-", stdin=json.dumps(nodes + [twin]).encode()),
+    nodes = bad.two_format_nodes_for_one_file()
+    assert_one_line_error(kbrules("check", "-", stdin=json.dumps(nodes).encode()),
                           "two format nodes for file '/tmp/bitmaps.qcow2'",
                           "'libvirt-1-format'", "'twin-format'", "different bitmaps", "--domain")
 
 
 def test_qmp_backing_loop() -> None:
-    nodes = qmp_nodes()
-    nodes[0]["image"]["backing-filename"] = nodes[0]["file"]
-    assert_one_line_error(kbrules("check", "-", stdin=json.dumps(nodes).encode()), "loop")
+    assert_one_line_error(kbrules("check", "-", stdin=json.dumps(bad.qmp_backing_loop()).encode()), "loop")
 
 
 def test_qmp_backing_loop_below_the_top() -> None:
-    a = {"node-name": "a", "drv": "qcow2", "file": "a.qcow2", "image": {"backing-filename": "b.qcow2"}}
-    b = {"node-name": "b", "drv": "qcow2", "file": "b.qcow2", "image": {"backing-filename": "c.qcow2"}}
-    c = {"node-name": "c", "drv": "qcow2", "file": "c.qcow2", "image": {"backing-filename": "b.qcow2"}}
-    assert_one_line_error(kbrules("check", "-", stdin=json.dumps([a, b, c]).encode()),
+    assert_one_line_error(kbrules("check", "-", stdin=json.dumps(bad.qmp_backing_loop_below_the_top()).encode()),
                           "backing loop at 'b.qcow2'")
 
 

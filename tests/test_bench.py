@@ -39,3 +39,14 @@ def test_quick_benchmark_measures_every_ratio() -> None:
             continue
         assert re.search(r"\s\d+\.\d\d\s+<= [\d.]+\s+(PASS|MISS)$", row.group(0)), row.group(0)
     assert "note:" not in done.stdout, done.stdout
+
+
+@pytest.mark.slow
+def test_jq_profiler_runs() -> None:
+    """bench/jqparts.py (the jq program timed by parts) still runs its every part."""
+    example = Path(__file__).resolve().parents[1] / "docs" / "examples" / "broken-chain.json"
+    done = subprocess.run([sys.executable, str(BENCH / "jqparts.py"), "--repeat", "1", str(example)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for label in ("parse the input", "normalize: the fast path", "the program (check.jq)", "careful path"):
+        assert done.stdout.count(label) == 2, done.stdout  # jq and gojq

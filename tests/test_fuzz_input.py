@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,6 +19,7 @@ from engine.loader import load_rules
 import builders
 from builders import bitmap, qmp_bitmap
 from helpers import Run, assert_one_line_error, kbrules
+from jqcases import any_json, broken
 
 RULES = load_rules()
 
@@ -27,8 +28,10 @@ RULES = load_rules()
 
 # ------------------------------------------------------------------ the contract
 
-REPORT_KEYS = {"source", "trust_backing", "chain", "rules", "bitmaps", "findings", "domain",
-               "checkpoints", "newest_usable_checkpoint"}
+REPORT_KEYS = {"ok", "errors", "warnings", "source", "trust_backing", "chain", "rules", "bitmaps",
+               "findings", "domain",
+               "checkpoints", "newest_usable_checkpoint", "plan"}
+STEP_KEYS = {"bitmap", "layer", "say", "command"}
 CHAIN_KEYS = {"layer", "filename", "format", "node"}
 VERDICT_KEYS = {"name", "valid", "findings"}
 FINDING_KEYS = {"rule", "severity", "layer", "filename", "message", "remediation", "caveat"}
@@ -74,6 +77,22 @@ def check_outcome(run: Run) -> Optional[dict[str, Any]]:
         check_finding(f, len(chain))
         errors |= f["severity"] == "error"
     assert run.code == (1 if errors else 0), (run.code, errors)
+    # A plan exactly when something is not valid; each step about a checked bitmap or a
+    # layer, its command (when there is one) a list of words.
+    names = [v["name"] for v in report["bitmaps"]]
+    assert not report["plan"] or errors, report["plan"]
+    for step in report["plan"]:
+        assert set(step) == STEP_KEYS and isinstance(step["say"], str) and step["say"], step
+        assert step["bitmap"] is None or step["bitmap"] in names, step
+        assert step["layer"] is None or 0 <= step["layer"] < len(chain), step
+        command = step["command"]
+        assert command is None or (isinstance(command, list) and command
+                                   and all(isinstance(w, str) for w in command)), step
+    # The overall verdict says the same as the exit status, and counts what it counts.
+    found = [f["severity"] for v in report["bitmaps"] + report["checkpoints"] for f in v["findings"]]
+    found += [f["severity"] for f in report["findings"]]
+    assert (report["ok"], report["errors"], report["warnings"]) == \
+        (run.code == 0, found.count("error"), found.count("warning")), report
     names = [v["name"] for v in report["bitmaps"]]
     assert len(names) == len(set(names)), names
     return report
@@ -81,23 +100,7 @@ def check_outcome(run: Run) -> Optional[dict[str, Any]]:
 
 # ------------------------------------------------- 1. any JSON value, biased keys
 
-KEYS = ["filename", "format", "format-specific", "type", "data", "bitmaps", "name", "flags",
-        "granularity", "node-name", "drv", "file", "dirty-bitmaps", "recording", "persistent",
-        "inconsistent", "busy", "status", "count", "image", "backing-filename",
-        "full-backing-filename", "backing-filename-format", "backing-image", "compat",
-        "return", "error", "class", "desc", "device", "inserted", "children", "virtual-size"]
-WORDS = ["qcow2", "raw", "file", "auto", "in-use", "1.1", "0.10", "a", "b", "current",
-         "top.qcow2", "base.qcow2", "top-format", "disabled", "active", "frozen", "GenericError"]
-ODD = ["\ud800", "\udc80", "\n", "\r", "\x1b", "\u2028", "\x00", "'", '"', "\\"]
-
-text = st.text(st.characters() | st.sampled_from(ODD), max_size=8)
-scalars = (st.none() | st.booleans() | st.integers() | st.floats()
-           | st.sampled_from(WORDS) | st.sampled_from([65536, 512, 0, -1]) | text)
-keys = st.sampled_from(KEYS) | text
-json_values = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(keys, inner, max_size=8),
-    max_leaves=40)
+json_values = any_json()
 
 
 def encode(value: Any, how: str) -> bytes:
@@ -250,30 +253,6 @@ def test_requested_bitmaps_are_reported_in_order(chain: dict[str, Any], names: l
 # ------------------------------------- 3. well-formed input, broken in one place
 
 
-def paths(value: Any, here: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    """Every position in a JSON value (the root is ())."""
-    yield here
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from paths(v, here + (k,))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from paths(v, here + (i,))
-
-
-def replace_at(value: Any, path: tuple[Any, ...], new: Any, delete: bool) -> Any:
-    if not path:
-        return new
-    parent = value
-    for key in path[:-1]:
-        parent = parent[key]
-    if delete:
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = new
-    return value
-
-
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(chain=chains(), qmp=st.booleans(), data=st.data())
 def test_well_formed_broken_in_one_place(chain: dict[str, Any], qmp: bool, data: st.DataObject) -> None:
@@ -282,14 +261,6 @@ def test_well_formed_broken_in_one_place(chain: dict[str, Any], qmp: bool, data:
     value: Any = qmp_disk(chain, "vda") if qmp else qemu_img_value(chain, data.draw)
     if qmp and data.draw(st.booleans()):
         value = {"return": value}
-    path = data.draw(st.sampled_from(list(paths(value))))
-    delete = bool(path) and data.draw(st.booleans())
-    old: Any = value
-    for key in path:
-        old = old[key]
-    # Half the time a value of the same kind: a string stays a string (odd characters).
-    same = {str: text, bool: st.booleans(), int: st.integers(), float: st.floats()}.get(type(old))
-    new = None if delete else data.draw((same | json_values) if same is not None else json_values)
-    value = replace_at(value, path, new, delete)
+    value = broken(data.draw, value)
     how = data.draw(st.sampled_from(["ascii", "utf-8"]))
     check_outcome(kbrules("check", "-", "--format", "json", stdin=encode(value, how)))

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -347,14 +348,26 @@ def test_no_network_for_a_user_that_is_not_root(tmp_path: Path) -> None:
     code = ("import sys; from engine import qemu; "
             "ran = qemu.run(['qemu-img', 'info', sys.argv[1]], 'x', timeout=20); "
             "print(' '.join(qemu.no_network()), ran.returncode)")
-    with Listener() as listener:
-        done = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
-                               sys.executable, "-c", code, f"nbd://127.0.0.1:{listener.port}/x"],
-                              capture_output=True, text=True, cwd="/", timeout=60,
-                              # The package from this tree, whatever install the tests run on.
-                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
-        assert done.returncode == 0, done.stderr
-        if not done.stdout.startswith("unshare"):
-            pytest.skip("user namespaces are off here: qemu-img runs with the limits only")
-        assert done.stdout.split() == ["unshare", "--user", "--map-root-user", "--net", "--", "1"]
-        assert not listener.accepted
+    # The package from this tree, copied where that user can read it (a clone under
+    # /root cannot be), run by the system's Python (a venv under /root cannot be either).
+    shared = Path(tempfile.mkdtemp(prefix="kbrules-nobody-"))
+    try:
+        shared.chmod(0o755)
+        shutil.copytree(Path(__file__).resolve().parents[1] / "engine", shared / "engine",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for path in shared.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+        with Listener() as listener:
+            done = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                                   python, "-c", code, f"nbd://127.0.0.1:{listener.port}/x"],
+                                  capture_output=True, text=True, cwd="/", timeout=60,
+                                  env={**os.environ, "PYTHONPATH": str(shared)})
+            accepted = listener.accepted
+    finally:
+        shutil.rmtree(shared)
+    assert done.returncode == 0, done.stderr
+    if not done.stdout.startswith("unshare"):
+        pytest.skip("user namespaces are off here: qemu-img runs with the limits only")
+    assert done.stdout.split() == ["unshare", "--user", "--map-root-user", "--net", "--", "1"]
+    assert not accepted

@@ -61,9 +61,11 @@ def test_wheel_ships_and_runs_the_rules(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         z.extractall(tmp_path / "site")
-    for stem in ("incremental-backup", "image-health"):
-        assert f"engine/rules/{stem}.yaml" in names and f"engine/rules/{stem}.jq" in names
+    for stem in ("incremental-backup", "image-health", "checkpoints"):
+        assert f"engine/rules/{stem}.yaml" in names
     assert "engine/rules/checked.sha256" in names  # their examples then do not run at start-up
+    # The jq program and module: what `kbrules check` runs, for hosts without Python.
+    assert {"engine/rules/check.jq", "engine/rules/kbrules.jq"} <= set(names)
     # Run from the unpacked wheel, away from the source tree.
     code = ("import json, sys; from engine.cli import main; sys.exit(main(['check', sys.argv[1], "
             "'--format', 'json']))")
@@ -72,3 +74,6 @@ def test_wheel_ships_and_runs_the_rules(tmp_path: Path) -> None:
                           capture_output=True, text=True)
     assert done.returncode == 1, done.stderr
     assert set(json.loads(done.stdout)["rules"]) == {r.id for r in load_rules()}
+    by_jq = subprocess.run(["jq", "-f", str(tmp_path / "site" / "engine" / "rules" / "check.jq"), str(EXAMPLE)],
+                           capture_output=True, text=True, check=True)
+    assert json.loads(by_jq.stdout) == json.loads(done.stdout)

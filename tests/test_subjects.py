@@ -51,8 +51,8 @@ IN_CONTEXT: list[tuple[Any, Optional[list[str]], Context]] = [
 
 
 def _jq_subjects() -> Any:
-    program = jqbackend.prelude() + (
-        "\n.[0] as $v | .[1] as $req | .[2] as $ctx | $v | kb_chain(null; $ctx) | . as $c | kb_subjects($c | kb_names($req); $req)")
+    program = jqbackend.module([]) + (
+        "\n.[0] as $v | .[1] as $req | .[2] as $ctx | $v | kb_careful(null; $ctx.nodes) | kb_subjects($req; $ctx)")
     return libjq.compile(program)
 
 
