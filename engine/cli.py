@@ -510,6 +510,9 @@ def check_to(args: argparse.Namespace) -> int:
 
 def plan_script(args: argparse.Namespace) -> int:
     """kbrules plan: kbrules check, printed as the repair plan's script."""
+    if args.engine == "jq":
+        raise UsageError("kbrules plan writes its script from the Python engine; the jq program gives "
+                         "the same plan as data: kbrules check --engine jq --format json (its 'plan')")
     args.format = "script"
     return check_to(args)
 

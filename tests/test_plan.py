@@ -23,7 +23,7 @@ from engine import __version__
 from engine.api import check_path, to_dict
 from engine.draw import script
 from engine.plan import plan
-from helpers import info_json, kbrules, make_chain, qemu_img
+from helpers import assert_one_line_error, info_json, kbrules, make_chain, qemu_img
 
 CHAINS = 220
 NAMES = ["daily", "weekly", "it's", "with space", "-dash", "día", "a\nb", "x" * 1023,
@@ -203,3 +203,11 @@ def test_layer_errors_come_first(tmp_path: Path) -> None:
     assert [st.command[:2] for st in layers if st.command] == [("qemu-img", "rebase"), ("qemu-img", "check")] or \
         [st.command[:2] for st in layers if st.command] == [("qemu-img", "check"), ("qemu-img", "rebase")]
     assert steps.index(layers[-1]) < min(i for i, st in enumerate(steps) if st.bitmap == "daily")
+
+
+def test_plan_with_engine_jq_points_to_the_plan_as_data(tmp_path: Path) -> None:
+    top = make_chain(tmp_path, [{"daily": "disabled"}])[0]
+    assert_one_line_error(kbrules("plan", "--engine", "jq", str(top)), "--engine jq --format json", "'plan'")
+    # ... where the jq program gives the plan that kbrules plan prints.
+    python = kbrules("check", str(top), "--format", "json").json()["plan"]
+    assert python and kbrules("check", "--engine", "jq", "--format", "json", str(top)).json()["plan"] == python
