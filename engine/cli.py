@@ -58,6 +58,14 @@ examples:
 """ + EXIT_STATUS
 
 
+PLAN_EPILOG = """\
+examples:
+  kbrules plan top.qcow2 > plan.sh && less plan.sh && sh plan.sh
+  kbrules plan --domain vm1   (libvirt's own commands: virsh checkpoint-delete...)
+
+exit status: as kbrules check: 0 nothing to repair, 1 the script has steps, 2 broken."""
+
+
 JQ_EPILOG = """\
 examples:
   kbrules jq > check.jq
@@ -106,64 +114,25 @@ def build_parser() -> argparse.ArgumentParser:
     top = _Parser(prog="kbrules", description=DESCRIPTION,
                   formatter_class=argparse.RawDescriptionHelpFormatter,
                   epilog="commands:\n  kbrules check --help    the checker's inputs and options\n"
+                         "  kbrules plan --help     the repair plan as a shell script\n"
                          "  kbrules jq --help       the same checks as a jq program\n\n" + EXIT_STATUS)
     top.add_argument("--version", action=_Version, nargs=0, help="show program's version number and exit")
     sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     check = sub.add_parser(
         "check", help="check a chain's bitmaps", description=DESCRIPTION, epilog=CHECK_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    check.add_argument("inputs", nargs="*", metavar="PATH|-",
-                       help="disk images or JSON files, or - for standard input (the default "
-                            "when input is piped); several are checked in one run")
-    check.add_argument("--bitmap", "-b", action="append", metavar="NAME", dest="bitmaps",
-                       help="check this bitmap (repeatable); default: every bitmap in the chain")
+    _check_options(check)
     check.add_argument("--format", choices=tuple(FORMATS), default="text",
                        help="report format (default: text): " + "; ".join(
                            f"{name}: {output.help}" for name, output in FORMATS.items()))
-    check.add_argument("--output", "-o", metavar="FILE",
-                       help="write the report to FILE instead of standard output, atomically "
-                            "(a temporary file in FILE's directory, renamed over FILE at the end), "
-                            "as node_exporter's textfile collector needs; a run that stops on an "
-                            "error leaves FILE as it was")
-    check.add_argument("--jobs", "-j", type=int, default=2 * (os.cpu_count() or 1), metavar="N",
-                       help="check up to N inputs or domains at once, each with its qemu-img or "
-                            "virsh (default: twice the number of CPUs, so that kbrules' own work "
-                            "between two runs leaves no CPU idle)")
-    check.add_argument("--top", metavar="NODE",
-                       help="QMP input: the node-name of the disk's top format node, when the "
-                            "data holds several disks")
-    check.add_argument("--force-share", "-U", action="store_true",
-                       help="read an image that a running VM holds (qemu-img -U); in-use flags of "
-                            "layers open read-write are then not meaningful")
-    check.add_argument("--image-format", "-f", metavar="FMT",
-                       help="format of the image PATH (qemu-img -f; qcow2 or raw); also forces "
-                            "PATH to be read as an image")
-    check.add_argument("--domain", "-d", action="append", metavar="NAME", dest="domains", default=[],
-                       help="check every disk of this libvirt domain (repeatable): a running one "
-                            "live over QMP, a shut-off one with qemu-img, and its checkpoints")
-    check.add_argument("--all-domains", action="store_true",
-                       help="check every disk of every domain libvirt knows")
-    check.add_argument("--disk", action="append", metavar="TARGET", dest="disks", default=[],
-                       help="with --domain: only this disk (vda...; repeatable)")
-    check.add_argument("--connect", "-c", metavar="URI",
-                       help="with --domain: the libvirt connection (virsh -c URI)")
-    check.add_argument("--json", action="store_true", dest="as_json",
-                       help="read every PATH as JSON, whatever its name (default: only *.json "
-                            "and -)")
-    check.add_argument("--max-json-size", type=_size, default=MAX_JSON, metavar="SIZE",
-                       help=f"read at most SIZE bytes of JSON per input (K, M, G suffixes; "
-                            f"default: {MAX_JSON >> 20}M)")
-    check.add_argument("--trust-backing", action="store_true",
-                       help="let qemu-img open whatever the images name (URLs, devices, data "
-                            "files, other formats), with network; the report says so "
-                            "(README: Security)")
-    check.add_argument("--timeout", type=float, default=qemu.TIMEOUT, metavar="SECONDS",
-                       help=f"stop a qemu-img that runs longer (default: {qemu.TIMEOUT:g}); the "
-                            f"input is reported as timed out")
-    check.add_argument("--engine", choices=("python", "jq"), default="python",
-                       help="evaluate with the Python engine (default) or run the compiled jq "
-                            "program through libjq; both give the same report")
-    _rule_options(check)
+    plan = sub.add_parser(
+        "plan", help="print the repair plan as a shell script", epilog=PLAN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Check as kbrules check does, and print the repair plan as a POSIX shell "
+                    "script: for each bitmap that is not valid, every step that brings the chain "
+                    "back to health without losing anything else, commented. kbrules changes "
+                    "nothing itself: read the script, then run it (sh plan.sh).")
+    _check_options(plan)
     jq = sub.add_parser(
         "jq", help="print the rules as one jq program", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Print a self-contained jq program that reads the same input as kbrules "
@@ -187,6 +156,59 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--rules", action="append", type=Path, metavar="FILE",
                          help="look in this rules file (repeatable; default: every shipped file)")
     return top
+
+
+def _check_options(parser: argparse.ArgumentParser) -> None:
+    """The inputs and options that kbrules check and kbrules plan share."""
+    parser.add_argument("inputs", nargs="*", metavar="PATH|-",
+                        help="disk images or JSON files, or - for standard input (the default "
+                             "when input is piped); several are checked in one run")
+    parser.add_argument("--bitmap", "-b", action="append", metavar="NAME", dest="bitmaps",
+                        help="check this bitmap (repeatable); default: every bitmap in the chain")
+    parser.add_argument("--output", "-o", metavar="FILE",
+                        help="write the report to FILE instead of standard output, atomically "
+                             "(a temporary file in FILE's directory, renamed over FILE at the end), "
+                             "as node_exporter's textfile collector needs; a run that stops on an "
+                             "error leaves FILE as it was")
+    parser.add_argument("--jobs", "-j", type=int, default=2 * (os.cpu_count() or 1), metavar="N",
+                        help="check up to N inputs or domains at once, each with its qemu-img or "
+                             "virsh (default: twice the number of CPUs, so that kbrules' own work "
+                             "between two runs leaves no CPU idle)")
+    parser.add_argument("--top", metavar="NODE",
+                        help="QMP input: the node-name of the disk's top format node, when the "
+                             "data holds several disks")
+    parser.add_argument("--force-share", "-U", action="store_true",
+                        help="read an image that a running VM holds (qemu-img -U); in-use flags of "
+                             "layers open read-write are then not meaningful")
+    parser.add_argument("--image-format", "-f", metavar="FMT",
+                        help="format of the image PATH (qemu-img -f; qcow2 or raw); also forces "
+                             "PATH to be read as an image")
+    parser.add_argument("--domain", "-d", action="append", metavar="NAME", dest="domains", default=[],
+                        help="check every disk of this libvirt domain (repeatable): a running one "
+                             "live over QMP, a shut-off one with qemu-img, and its checkpoints")
+    parser.add_argument("--all-domains", action="store_true",
+                        help="check every disk of every domain libvirt knows")
+    parser.add_argument("--disk", action="append", metavar="TARGET", dest="disks", default=[],
+                        help="with --domain: only this disk (vda...; repeatable)")
+    parser.add_argument("--connect", "-c", metavar="URI",
+                        help="with --domain: the libvirt connection (virsh -c URI)")
+    parser.add_argument("--json", action="store_true", dest="as_json",
+                        help="read every PATH as JSON, whatever its name (default: only *.json "
+                             "and -)")
+    parser.add_argument("--max-json-size", type=_size, default=MAX_JSON, metavar="SIZE",
+                        help=f"read at most SIZE bytes of JSON per input (K, M, G suffixes; "
+                             f"default: {MAX_JSON >> 20}M)")
+    parser.add_argument("--trust-backing", action="store_true",
+                        help="let qemu-img open whatever the images name (URLs, devices, data "
+                             "files, other formats), with network; the report says so "
+                             "(README: Security)")
+    parser.add_argument("--timeout", type=float, default=qemu.TIMEOUT, metavar="SECONDS",
+                        help=f"stop a qemu-img that runs longer (default: {qemu.TIMEOUT:g}); the "
+                             f"input is reported as timed out")
+    parser.add_argument("--engine", choices=("python", "jq"), default="python",
+                        help="evaluate with the Python engine (default) or run the compiled jq "
+                             "program through libjq; both give the same report")
+    _rule_options(parser)
 
 
 def _ids(text: str) -> list[str]:
@@ -486,7 +508,16 @@ def check_to(args: argparse.Namespace) -> int:
         return check(args)
 
 
-COMMANDS = {"check": check_to, "jq": jq_program, "test": test_rules, "list": list_rules,
+def plan_script(args: argparse.Namespace) -> int:
+    """kbrules plan: kbrules check, printed as the repair plan's script."""
+    if args.engine == "jq":
+        raise UsageError("kbrules plan writes its script from the Python engine; the jq program gives "
+                         "the same plan as data: kbrules check --engine jq --format json (its 'plan')")
+    args.format = "script"
+    return check_to(args)
+
+
+COMMANDS = {"check": check_to, "plan": plan_script, "jq": jq_program, "test": test_rules, "list": list_rules,
             "explain": explain}
 
 

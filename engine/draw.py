@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import html
 import re
+import shlex
 import textwrap
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 from .model import Finding, Report
 from .picture import STATE_DOC, Gap, Grid, picture, view
+from .plan import Step, plan
 from .text import cols, count, pad, show, table
 
 
@@ -206,7 +208,7 @@ def report_text(report: Report, style: Style = PLAIN) -> str:
     chain = report.chain
     grid = picture(report)
     per = "; one column per bitmap:" if grid.columns else ":"
-    out = []
+    out = _wrap(overall(report), "", "  ", style.width)
     if chain.domain is not None:
         d = chain.domain
         out += _wrap(f"domain {show(d.name)}, disk {show(d.disk)} "
@@ -243,6 +245,10 @@ def report_text(report: Report, style: Style = PLAIN) -> str:
         out += ["", "findings:"]
         for f, about in findings:
             out += finding_lines(f, about, style)
+    steps = plan(report)
+    if steps:
+        out += ["", *_wrap("what to do, in this order (as a script: kbrules plan):", "", "  ", style.width)]
+        out += plan_lines(steps, style)
     valid = sum(v.valid for v in report.bitmaps)
     summary = f"{count(len(report.bitmaps), 'bitmap')} checked: {valid} valid, {len(report.bitmaps) - valid} not valid"
     errors = sum(f.severity == "error" for f in report.findings)
@@ -250,6 +256,85 @@ def report_text(report: Report, style: Style = PLAIN) -> str:
         summary += f"; {count(len(report.findings), 'chain finding')} ({count(errors, 'error')})"
     out += ["", summary]
     return "\n".join(out)
+
+
+def _names(names: Sequence[str], most: int = 5) -> str:
+    shown = ", ".join(_name(n, 40) for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def overall(report: Report) -> str:
+    """The answer in one line, first in the text report; "NOT fit" exactly when the
+    exit status is 1."""
+    good = [v.name for v in report.bitmaps if v.valid]
+    bad = [v.name for v in report.bitmaps if not v.valid]
+    layer_errors = [f for f in report.findings if f.severity == "error"]
+    if not report.bitmaps:
+        line = "no bitmap to judge: the next backup can only be a full one"
+    else:
+        line = f"{len(good)} of {count(len(report.bitmaps), 'bitmap')} can serve an incremental backup"
+        line += f" ({_names(good)})" if good else ""
+        line += f"; not: {_names(bad)}" if bad else ""
+    if layer_errors:
+        where = ", ".join(f"{f.rule} in layer {f.layer}" for f in layer_errors[:3])
+        line += f"; and the chain itself is unfit whatever the bitmap ({where})"
+    if report.chain.domain is not None:
+        newest = report.newest_usable
+        line += f"; newest usable checkpoint: {_name(newest) if newest is not None else 'none'}"
+    return ("verdict: NOT fit: " if report.has_error else "verdict: fit: ") + line
+
+
+def plan_lines(steps: Sequence[Step], style: Style = PLAIN) -> list[str]:
+    """The plan for people: grouped by what it repairs, each command whole on a line
+    of its own (shell-quoted, to copy)."""
+    out: list[str] = []
+    group: object = ()
+    for step in steps:
+        about = ("layer", step.layer) if step.bitmap is None else ("bitmap", step.bitmap)
+        if about != group:
+            group = about
+            out.append(f"  layer {step.layer}:" if step.bitmap is None else f"  bitmap {_name(step.bitmap)}:")
+        out += _wrap(show(step.say), "    ", "    ", style.width)
+        if step.command is not None:
+            out.append("      " + " ".join(shlex.quote(show(word)) for word in step.command))
+    return out
+
+
+SCRIPT_WIDTH = 84  # comment text: "# " and 84 characters fit a terminal and the docs' code box
+
+
+def script(results: Sequence[tuple[str, Union[Report, str]]], directory: str, version: str) -> str:
+    """The plan as a POSIX shell script that a person reads, then runs: commented per
+    input and per bitmap, stopping at the first command that fails. Comments hold only
+    shown text (a newline in a name cannot end a comment); each word of a command is
+    quoted for the shell (a name can hold any character but NUL)."""
+    out = ["#!/bin/sh", f"# The repair plan from kbrules {version}. Read it before you run it: it "
+           "changes the", "# images (kbrules itself changed nothing). It stops at the first "
+           "command that fails.", "set -eu",
+           "# File names are as qemu-img printed them, relative to where kbrules ran:",
+           f"cd -- {shlex.quote(directory)}"]
+    seen: set[tuple[str, ...]] = set()  # one checkpoint-delete serves every disk of a domain
+    for source, report in results:
+        out += ["", f"# == {show(source)}"]
+        if isinstance(report, str):
+            out.append(f"# not checked: {show(report)}")
+            continue
+        out += [f"# {line}" for line in _wrap(overall(report), "", "  ", SCRIPT_WIDTH)]
+        steps = plan(report)
+        if not steps:
+            out.append("# nothing to repair")
+        group: object = ()
+        for step in steps:
+            about = ("layer", step.layer) if step.bitmap is None else ("bitmap", step.bitmap)
+            if about != group:
+                group = about
+                out += ["", f"# layer {step.layer}" if step.bitmap is None else f"# bitmap {_name(step.bitmap)}"]
+            out += [f"# {line}" for line in textwrap.wrap(show(step.say), SCRIPT_WIDTH, break_long_words=False,
+                                                          break_on_hyphens=False)]
+            if step.command is not None and step.command not in seen:
+                seen.add(step.command)
+                out.append(" ".join(shlex.quote(word) for word in step.command))
+    return "\n".join(out) + "\n"
 
 
 def checkpoint_lines(report: Report) -> list[str]:

@@ -20,6 +20,7 @@ def _finding(rule: Rule, chain: Chain, facts: dict[str, Any], index: int) -> Fin
                    message=rule.message.render(context),
                    remediation=rule.remediation[chain.advice].render(context),
                    commands=rule.remediation[chain.advice].render_commands(context),
+                   argv=rule.remediation[chain.advice].render_argv(context),
                    caveat=SHARED_RW_CAVEAT if layer.shared_rw else None)
 
 

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from .draw import GLYPHS, Style, page_html, page_svg
+from .draw import GLYPHS, Style, page_html, page_svg, script
 from .errors import KbrulesError, OutputError, ReaderGone
 from .model import Report
 from .report import to_dict, to_text
@@ -249,6 +249,8 @@ class _PageOutput(Output):
     def add(self, result: Result) -> None:
         if result.error is not None:
             self.results.append((result.source, result.error))
+        elif result.skipped is not None:
+            self.results.append((result.source, f"skipped: {result.skipped}"))
         elif isinstance(result.report, Report):
             self.results.append((result.source, result.report))
         else:
@@ -278,6 +280,18 @@ class SvgOutput(_PageOutput):
         return page_svg(self.results)
 
 
+class ScriptOutput(_PageOutput):
+    help = "the repair plan as a POSIX shell script, to read and then run (what kbrules plan prints)"
+
+    def page(self) -> str:
+        from . import __version__
+
+        return script(self.results, os.getcwd(), __version__)
+
+    def end(self) -> None:
+        write_text(self.page().rstrip("\n"))
+
+
 class PrometheusOutput(Output):
     named = True  # every input is its own series, even when it is the only one
     help = ("Prometheus metrics (text exposition format) for node_exporter's textfile "
@@ -296,7 +310,7 @@ class PrometheusOutput(Output):
 
 
 FORMATS: dict[str, type[Output]] = {"text": TextOutput, "json": JsonOutput, "jsonl": JsonlOutput,
-                                    "html": HtmlOutput, "svg": SvgOutput,
+                                    "html": HtmlOutput, "svg": SvgOutput, "script": ScriptOutput,
                                     "prometheus": PrometheusOutput}
 
 

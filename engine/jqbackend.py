@@ -397,6 +397,7 @@ def kb_index($req; $ctx):
   | { chain: $chain, entries: $entries, req: $req, named: ($chain | kb_checkpoint_bitmaps),
       groups: ([ range(0; $heads | length) as $m
                  | {key: $entries[$heads[$m]][0], value: [$heads[$m], ($heads[$m + 1] // $n)]} ] | from_entries),
+      present: [ $heads[] | $entries[.][0] ],
       names: ($chain | kb_names($req; [ $heads[] | $entries[.][0] ])) };
 
 # The copies of one name, top first, each [name, layer, flags, granularity, above].
@@ -420,7 +421,8 @@ def kb_bitmap_contexts($ix):
   | { name: $name, first: (if $a < $b then $entries[$a][1] else null end), count: ([$entries[$a:$b][] | .[2] - .[1] + 1] | add // 0),
       granularities: [ $entries[$a:$b][] as [$n, $s, $e, $k] | $chain.layers[$s:$e + 1][].bitmaps[$k][3] ],
       complete: $chain.complete, last: $last,
-      checkpointed: (if $chain.domain == null then null else $ix.named | has($name) end) };
+      checkpointed: (if $chain.domain == null then null else $ix.named | has($name) end),
+      present: $ix.present };
 
 def kb_layer_contexts($ix):
   $ix.chain.layers as $layers
@@ -435,6 +437,20 @@ def kb_checkpoint_contexts($ix):
   # With names asked for, only the checkpoints of those names.
   | select(. as $p | ($req | length) == 0 or ($req | index([$p.checkpoint.name])) != null
            or ($p.entry != null and ($req | index([$p.entry.bitmap])) != null));
+
+# engine.subjects.alike: the names present, most like $name first (Dice's coefficient
+# of their character pairs, then code point order).
+def kb_bigrams: if length > 1 then [range(0; length - 1) as $i | .[$i:$i + 2]] | unique else [.] end;
+def kb_alike($name; $present):
+  if ($present | length) == 0 then "no bitmap at all" else
+    ($name | kb_bigrams) as $mine
+    | [ $present[] | . as $other | (kb_bigrams) as $theirs
+        | ([ $theirs[] | select(. as $b | $mine | index([$b]) != null) ] | length) as $both
+        | {name: $other, score: (2 * $both / (($mine | length) + ($theirs | length)))} ]
+    | sort_by(-.score, .name) | map("'" + .name + "'") as $ranked
+    | ($ranked[:@ALIKE@] | join(", "))
+      + (if ($ranked | length) > @ALIKE@ then ", and " + (($ranked | length) - @ALIKE@ | tostring) + " more" else "" end)
+  end;
 
 @FACTS@
 
@@ -464,7 +480,7 @@ MAIN = r"""
 # ------------------------------------------------------------------ the report
 @RULE_FINDINGS@
 
-def kb_found: sort_by(.si, .ri, .layer) | map(del(.si, .ri, .name, .group));
+def kb_found: sort_by(.si, .ri, .layer) | map(del(.si, .ri, .name, .group, .commands, .argv));
 
 def kb_verdicts($F; $names):
   ([ $F[] | select(.group == "bitmap") ] | group_by(.name) | map({key: .[0].name, value: kb_found}) | from_entries) as $by
@@ -479,6 +495,113 @@ def kb_checkpoints($F; $points; $bitmaps):
         | { name: .name, bitmap: .bitmap,
             usable: (.covers and all($found[]; .severity != "error") and ($valid[.bitmap // ""] == true)),
             findings: $found } ] end;
+
+# ------------------------------------------------------------------ the repair plan
+# engine/plan.py, step for step (it says why each step is as it is). No step for a
+# layer another program holds: the jq engine never reads with --force-share. Objects
+# are written with their keys in order, as gojq writes every object.
+
+def kb_q: "'" + . + "'";
+def kb_step($bitmap; $layer; $say; $command): {bitmap: $bitmap, layer: $layer, say: $say, command: $command};
+def kb_virsh($d): ["virsh"] + (if ($d.connect // "") != "" then ["-c", $d.connect] else [] end);
+def kb_offline($chain): $chain.source == "qemu-img" and ($chain.domain == null or ($chain.domain.running | not));
+
+# A layer's own error (a finding with its commands and argv).
+def kb_layer_steps($chain):
+  if (.commands | length) == 0 then [kb_step(null; .layer; .rule + ": " + .message + ": see the finding's remediation."; null)]
+  elif kb_offline($chain) | not then
+    . as $f | [ .commands[] | kb_step(null; $f.layer; $f.rule + ": " + $f.message + ". With the VM shut down: " + .; null) ]
+  else . as $f | [ .argv[] | kb_step(null; $f.layer; $f.rule + ": " + $f.message + "."; .) ] end;
+
+def kb_remove($name):
+  kb_step($name; .layer; "Remove bitmap " + ($name | kb_q) + " from layer " + (.layer | tostring) + " (" + .filename + ").";
+          ["qemu-img", "bitmap", "--remove", "--", .filename, $name]);
+
+# A new bitmap in the top, with the next full backup (offline images).
+def kb_start($chain; $name; $holders):
+  $chain.layers[0] as $top
+  | if ($top.format == "qcow2" and $top.compat != "0.10") | not then
+      [kb_step($name; 0; "The top image " + $top.filename + " cannot hold bitmaps (raw, or qcow2 version 2): "
+                         + "take a new full backup, and start bitmaps in a qcow2 version 3 overlay."; null)]
+    else
+      ([ $holders[].bitmaps[] | select(.[0] == $name and .[3] != null) | .[3] ] | .[0]) as $g
+      | [ kb_step($name; 0; "Start bitmap " + ($name | kb_q) + " anew in the top image (" + $top.filename + ").";
+                  ["qemu-img", "bitmap", "--add"] + (if $g == null then [] else ["-g", ($g | tostring)] end)
+                  + ["--", $top.filename, $name]),
+          kb_step($name; null; "Then take a new full backup, before anything writes to the chain again: bitmap "
+                               + ($name | kb_q) + " tracks every write from now on."; null) ] end;
+
+def kb_libvirt_steps($chain; $name; $holders):
+  $chain.domain as $d
+  | any($d.checkpoints[].disks[]; .name == $d.disk and .checkpoint == "bitmap" and .bitmap == $name) as $checkpoint
+  | (if $d.running then
+       (if $checkpoint then
+          [kb_step($name; null; "Delete checkpoint " + ($name | kb_q) + ": libvirt removes every copy of its bitmap.";
+                   kb_virsh($d) + ["checkpoint-delete"] + (if ($holders | length) > 0 then [] else ["--metadata"] end)
+                   + ["--", $d.name, $name])]
+        else
+          [ $holders[]
+            | if .layer == 0 and .node != null then
+                ({arguments: {name: $name, node: .node}, execute: "block-dirty-bitmap-remove"} | tojson) as $qmp
+                | kb_step($name; 0; "Remove bitmap " + ($name | kb_q) + " from the top node (" + .node + ").";
+                          kb_virsh($d) + ["qemu-monitor-command", "--", $d.name, $qmp])
+              else
+                kb_step($name; .layer; "With the domain shut off, remove bitmap " + ($name | kb_q) + " from layer "
+                                       + (.layer | tostring) + " (QEMU refuses to change a read-only backing node): "
+                                       + "qemu-img bitmap --remove -- " + (.filename | kb_sh) + " " + ($name | kb_sh); null)
+              end ] end)
+     else
+       [ $holders[] | kb_remove($name) ]
+       + (if $checkpoint then
+            [kb_step($name; null; "Delete the record of checkpoint " + ($name | kb_q) + " (libvirt deletes only the "
+                                  + "record of a shut-off domain's checkpoint).";
+                     kb_virsh($d) + ["checkpoint-delete", "--metadata", "--", $d.name, $name])]
+          else [] end)
+     end)
+  + [kb_step($name; null; "Then take a full backup with a new checkpoint: virsh "
+                          + (if ($d.connect // "") != "" then "-c " + ($d.connect | kb_sh) + " " else "" end)
+                          + "backup-begin " + ($d.name | kb_sh) + " BACKUP.xml CHECKPOINT.xml, where CHECKPOINT.xml is "
+                          + "<domaincheckpoint><name>NAME</name></domaincheckpoint>"
+                          + (if $d.running then "" else " (start the domain first)" end) + "."; null)];
+
+# A running QEMU without libvirt: QMP commands, for the client that talks to it.
+def kb_qmp_steps($chain; $name; $holders):
+  [ $holders[]
+    | if .layer == 0 then
+        kb_step($name; 0; "Send QMP: " + ({arguments: {name: $name, node: .node}, execute: "block-dirty-bitmap-remove"} | tojson); null)
+      else
+        kb_step($name; .layer; "With the VM shut down (QEMU refuses to change a read-only backing node): "
+                               + "qemu-img bitmap --remove -- " + (.filename | kb_sh) + " " + ($name | kb_sh); null)
+      end ]
+  + [kb_step($name; null; "Then take a new full backup, and start the bitmap anew in the same QMP transaction as "
+                          + "the backup job: block-dirty-bitmap-add "
+                          + ({name: $name, node: $chain.layers[0].node, persistent: true} | tojson) + "."; null)];
+
+def kb_bitmap_steps($chain):
+  .name as $name
+  | [ .findings[] | select(.severity == "error") | .rule ] as $failed
+  | if any($failed[]; . == "bitmap-exists") then []
+    elif any($failed[]; . == "chain-complete") then
+      [kb_step($name; null; "Give kbrules the whole chain first (the input stops above the base: a copy of bitmap "
+                            + ($name | kb_q) + " below cannot be seen), then plan again."; null)]
+    else
+      [ $chain.layers[] | select(any(.bitmaps[]; .[0] == $name)) ] as $holders
+      | ($name | utf8bytelength) as $bytes
+      | if any($name | explode[]; . == 0) or $bytes == 0 or $bytes > 1023 then
+          [ $holders[] | kb_step($name; .layer; "Bitmap " + ($name | kb_q) + " in layer " + (.layer | tostring) + " ("
+                                               + .filename + ") has a name that qemu-img cannot take: remove it with a "
+                                               + "tool that can, then take a new full backup."; null) ]
+        elif $chain.advice == "libvirt" then kb_libvirt_steps($chain; $name; $holders)
+        elif $chain.advice == "qmp" then kb_qmp_steps($chain; $name; $holders)
+        else [ $holders[] | kb_remove($name) ] + kb_start($chain; $name; $holders) end
+    end;
+
+# Every step, in the order to take them: the layers' errors first, then each bitmap
+# that is not valid, in report order.
+def kb_plan($chain; $F; $bitmaps):
+  ([ $F[] | select(.group == null and .severity == "error") ] | sort_by(.si, .ri, .layer)
+   | map(kb_layer_steps($chain)) | add // [])
+  + ([ $bitmaps[] | select(.valid | not) | kb_bitmap_steps($chain) ] | add // []);
 
 # The JSON report of a normalized chain (kb_fast or kb_careful).
 def kb_report($req; $ctx):
@@ -497,7 +620,8 @@ def kb_report($req; $ctx):
       findings: ([ $F[] | select(.group == null) ] | kb_found),
       domain: ($chain.domain | if . == null then null else {name, disk, running} end),
       checkpoints: $points,
-      newest_usable_checkpoint: ([ $points[] | select(.usable) | .name ] | last) };
+      newest_usable_checkpoint: ([ $points[] | select(.usable) | .name ] | last),
+      plan: kb_plan($chain; $F; $bitmaps) };
 
 # The input's name in messages: $args.named.input, else the file jq reads, else <stdin>.
 def kb_where($args): $args.named.input // input_filename // "<stdin>";
@@ -588,7 +712,13 @@ def rule_data(rules: Sequence[Rule]) -> list[dict[str, Any]]:
     """What kb_finding needs of each rule, by its index."""
     return [{"id": r.id, "severity": r.severity, "si": SEVERITIES.index(r.severity), "kind": r.subject,
              "group": subjects.KINDS[r.subject].group, "message": template_parts(r.message),
-             "remediation": {a: template_parts(t) for a, t in r.remediation.items()}} for r in rules]
+             "remediation": {a: template_parts(t) for a, t in r.remediation.items()},
+             # A layer's error becomes the plan's steps: its commands, shown and as argv.
+             **({"commands": {a: [template_parts(c) for c in t.commands] for a, t in r.remediation.items()},
+                 "argv": {a: [[[lit if field is None else [field, None] for lit, field in word]
+                               for word in c.word_parts()] for c in t.commands]
+                          for a, t in r.remediation.items()}}
+                if subjects.KINDS[r.subject].group is None else {})} for r in rules]
 
 
 def _facts_jq(kind: str) -> Callable[[str], str]:
@@ -665,7 +795,10 @@ def kb_finding($chain; $i; $at):
   | kb_finding_context($chain; $at; $facts) as $c
   | {{ rule: $rule.id, severity: $rule.severity, layer: $at, filename: $c.filename,
       message: ($c | kb_render($rule.message)), remediation: ($c | kb_render($rule.remediation[$chain.advice])),
-      caveat: null, si: $rule.si, ri: $i, name: $facts.name, group: $rule.group }};
+      caveat: null, si: $rule.si, ri: $i, name: $facts.name, group: $rule.group,
+      # For the plan: a layer's commands, as shown and as argv (kb_found drops them).
+      commands: (if $rule.group == null then [ $rule.commands[$chain.advice][] as $t | $c | kb_render($t) ] else null end),
+      argv: (if $rule.group == null then [ $rule.argv[$chain.advice][] | [ .[] as $w | $c | kb_render($w) ] ] else null end) }};
 
 def kb_rule_findings($ix):
   # The rules' data as one JSON string: a string literal costs jq 1.6 nothing to compile.
@@ -683,6 +816,7 @@ def module(rules: Sequence[Rule], header: str = "") -> str:
     text = PRELUDE + MAIN
     for key, value in (("@NOT_PRINTABLE@", json.dumps([list(r) for r in NOT_PRINTABLE])),
                        ("@HIDDEN@", json.dumps([list(r) for r in HIDDEN])),
+                       ("@ALIKE@", str(subjects.ALIKE)),
                        ("@LOOK_ALIKES@", json.dumps([[list(k), w] for k, (w, _) in zip(LOOK_ALIKE_KEYS, LOOK_ALIKES)])),
                        ("@SHAPES@", json.dumps(SHAPES)[1:-1]),  # inside jq strings
                        ("@FORMAT_DRIVERS@", _lookup(FORMAT_DRIVERS)), ("@JOB_FILTERS@", _lookup(JOB_FILTERS)),

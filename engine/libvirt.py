@@ -149,7 +149,7 @@ def read_domain(name: str, connect: Optional[str] = None,
         if targets and disk.target not in targets:
             continue
         where = f"{name}/{disk.target}"
-        domain = Domain(name, disk.target, live, all_targets, points)
+        domain = Domain(name, disk.target, live, all_targets, points, connect)
         try:
             out.append(_read_disk(disk, where, domain, nodes))
         except KbrulesError as e:

@@ -78,6 +78,7 @@ class Domain:
     running: bool  # read live over QMP; else offline, by qemu-img
     disks: tuple[str, ...]  # every disk target the domain has now
     checkpoints: tuple[Checkpoint, ...]  # oldest first
+    connect: Optional[str] = None  # the libvirt URI it was read through (virsh -c), if not the default
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,8 @@ class Finding:
     # The commands in `remediation`, each as it stands there, for a reader to copy:
     # the text report puts each on a line of its own. Not in the JSON report.
     commands: tuple[str, ...] = ()
+    # The same commands as words (argv), for the repair plan to run.
+    argv: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -184,7 +184,8 @@ def context_from_json(value: Any, where: str) -> Context:
                         disk=here.get(d, "disk", str, required=True), running=here.flag(d, "running"),
                         disks=tuple(_strings(here, d, "disks")),
                         checkpoints=tuple(_checkpoint(here / "checkpoints" / i, c) for i, c
-                                          in enumerate(here.get(d, "checkpoints", list) or [])))
+                                          in enumerate(here.get(d, "checkpoints", list) or [])),
+                        connect=here.get(d, "connect", str))
     nodes = obj.get("nodes")
     return Context(domain, None if nodes is None else tuple(_strings(at, obj, "nodes")),
                    at.flag(obj, "read_locked"))

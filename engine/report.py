@@ -11,6 +11,7 @@ from typing import Any
 from .draw import PLAIN, Style, explain_picture, report_text
 from .evaluate import evaluate
 from .model import ADVICE, Finding, Report
+from .plan import plan
 from .normalize import normalize
 from .rule import Example, Rule, Template
 from .subjects import KINDS
@@ -20,7 +21,7 @@ from .text import plain, show
 def _finding(f: Finding) -> dict[str, Any]:
     """A finding as the JSON report has it (README: 'JSON report'; `commands` is for
     the text report only, and not part of that contract)."""
-    return {k: v for k, v in asdict(f).items() if k != "commands"}
+    return {k: v for k, v in asdict(f).items() if k not in ("commands", "argv")}
 
 
 def to_dict(report: Report) -> dict[str, Any]:
@@ -47,6 +48,8 @@ def to_dict(report: Report) -> dict[str, Any]:
         "checkpoints": [{"name": c.name, "bitmap": c.bitmap, "usable": c.usable,
                          "findings": [_finding(f) for f in c.findings]} for c in report.checkpoints],
         "newest_usable_checkpoint": report.newest_usable,
+        "plan": [{"bitmap": s.bitmap, "layer": s.layer, "say": s.say,
+                  "command": list(s.command) if s.command is not None else None} for s in plan(report)],
     }
 
 

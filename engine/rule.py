@@ -3,6 +3,7 @@ its own examples. Plain data; engine/loader.py makes these from rule files."""
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -68,6 +69,32 @@ class Template:
     def render_commands(self, facts: dict[str, Any]) -> tuple[str, ...]:
         """The commands of the rendered text, each as it stands in render()'s result."""
         return tuple(c.render(facts) for c in self.commands)
+
+    def render_argv(self, facts: dict[str, Any]) -> tuple[tuple[str, ...], ...]:
+        """The commands as words (argv): their literal text split at spaces, each
+        placeholder's value within one word, never split and never quoted."""
+        return tuple(c.words(facts) for c in self.commands)
+
+    def words(self, facts: dict[str, Any]) -> tuple[str, ...]:
+        return tuple("".join(literal if field is None else tostring(facts.get(field)) for literal, field in word)
+                     for word in self.word_parts())
+
+    def word_parts(self) -> tuple[tuple[tuple[str, Optional[str]], ...], ...]:
+        """The command's words, each as its pieces: (literal, None) or ("", field) for
+        a placeholder, whose value stays within its word (the jq program renders the
+        same pieces)."""
+        out: list[tuple[tuple[str, Optional[str]], ...]] = []
+        word: Optional[list[tuple[str, Optional[str]]]] = None
+        for literal, field, _ in self.parts:
+            for i, piece in enumerate(re.split(r"\s+", literal)):
+                if i > 0 and word is not None:  # a space ends the word
+                    out.append(tuple(word))
+                    word = None
+                if piece:
+                    word = (word or []) + [(piece, None)]
+            if field is not None:
+                word = (word or []) + [("", field)]
+        return tuple(out + ([tuple(word)] if word is not None else []))
 
     def pieces(self) -> list[tuple[str, bool]]:
         """The text as (piece, is_command) with each placeholder as its field's name in

@@ -49,6 +49,31 @@ class BitmapContext(NamedTuple):
     complete: bool
     last: int
     checkpointed: Optional[bool]
+    present: tuple[str, ...]  # every bitmap name the chain holds, sorted
+
+
+ALIKE = 5  # names that a bitmap no layer holds is compared with, at most
+
+
+def _bigrams(name: str) -> set[str]:
+    return {name[i:i + 2] for i in range(len(name) - 1)} if len(name) > 1 else {name}
+
+
+def alike(name: str, present: Sequence[str]) -> str:
+    """The names present, most like `name` first (Dice's coefficient of their
+    character pairs, then code point order), ALIKE of them at most: what someone who
+    mistyped `name` meant. jq computes the same (kb_alike)."""
+    if not present:
+        return "no bitmap at all"
+    mine = _bigrams(name)
+
+    def score(other: str) -> float:
+        theirs = _bigrams(other)
+        return 2 * len(mine & theirs) / (len(mine) + len(theirs))
+
+    ranked = sorted(present, key=lambda other: (-score(other), other))
+    more = f", and {len(ranked) - ALIKE} more" if len(ranked) > ALIKE else ""
+    return ", ".join(f"'{n}'" for n in ranked[:ALIKE]) + more
 
 
 class CopyContext(NamedTuple):
@@ -85,7 +110,7 @@ def _covers(entry: Optional[CheckpointDisk]) -> bool:
 
 
 # What a fact's Python text may call, besides Python's builtins and its context's fields.
-FACT_HELPERS: dict[str, Any] = {**PY_HELPERS, "covers": _covers}
+FACT_HELPERS: dict[str, Any] = {**PY_HELPERS, "covers": _covers, "alike": alike}
 
 
 @dataclass(frozen=True)
@@ -136,6 +161,10 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
              # Mostly one value: min and max tell it without sorting.
              ".granularities | min as $lo | max as $hi | if $lo == $hi then (if $lo == null then 0 else 1 end) "
              "else map(select(. != null)) | unique | length end"),
+        Fact("alike", _STR, "for a bitmap that no layer holds, the names the chain holds, most "
+             "alike first (what a mistyped name meant); empty when a layer holds it",
+             '"" if copies else alike(name, present)',
+             'if .count > 0 then "" else kb_alike(.name; .present) end'),
         Fact("has_checkpoint", _BOOL_OR_NULL,
              "a checkpoint of the libvirt domain names it for this disk; null without a domain",
              "checkpointed", ".checkpointed"),
@@ -309,7 +338,11 @@ def contexts(chain: Chain, requested: Optional[Sequence[str]]) -> tuple[tuple[st
     names = tuple(dict.fromkeys(requested)) if requested else tuple(sorted({**held_by, **named}))
     last = len(chain.layers) - 1
     checkpointed = (lambda n: n in named) if chain.domain is not None else (lambda n: None)
-    bitmaps = [BitmapContext(n, held_by.get(n, []), chain.complete, last, checkpointed(n)) for n in names]
+    # Every name the chain holds (for `alike`); without names asked for, held_by has them all.
+    everything = tuple(sorted(held_by if wanted is None else
+                              {b.name for layer in chain.layers for b in layer.bitmaps}))
+    bitmaps = [BitmapContext(n, held_by.get(n, []), chain.complete, last, checkpointed(n), everything)
+               for n in names]
     copies = [c for n in names for c in held_by.get(n, ())]
     points: list[CheckpointContext] = []
     if chain.domain is not None:
@@ -338,6 +371,22 @@ def finding_fields(layer: Layer, domain: Optional[Domain]) -> dict[str, Any]:
 
 def _jq_object(facts: Sequence[Fact]) -> str:
     return "{ " + ", ".join(f"{json.dumps(f.name)}: ({f.jq})" for f in facts) + " }"
+
+
+JQ_ALIKE = r"""
+# subjects.alike, in jq: the names present, most like $name first.
+def kb_bigrams: if length > 1 then [range(0; length - 1) as $i | .[$i:$i + 2]] | unique else [.] end;
+def kb_alike($name; $present):
+  if ($present | length) == 0 then "no bitmap at all" else
+    ($name | kb_bigrams) as $mine
+    | [ $present[] | . as $other | (kb_bigrams) as $theirs
+        | ([ $theirs[] | select(. as $b | $mine | index([$b]) != null) ] | length) as $both
+        | {name: $other, score: (2 * $both / (($mine | length) + ($theirs | length)))} ]
+    | sort_by(-.score, .name) | map("'" + .name + "'") as $ranked
+    | ($ranked[:ALIKE] | join(", "))
+      + (if ($ranked | length) > ALIKE then ", and " + (($ranked | length) - ALIKE | tostring) + " more" else "" end)
+  end;
+"""
 
 
 def jq_facts(kind: str) -> str:

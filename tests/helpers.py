@@ -31,14 +31,16 @@ def qemu_img(*args: str, cwd: Path) -> str:
 
 
 def make_chain(directory: Path, layers: Sequence[Mapping[str, str]],
-               formats: Optional[Sequence[str]] = None) -> list[Path]:
+               formats: Optional[Sequence[str]] = None, data: bool = False) -> list[Path]:
     """Real images, base first in `layers` order reversed: layers[0] is the TOP.
 
     Each layer maps bitmap name -> state: "ok" (recording), "disabled", "in-use"
     (left by a writer killed mid-write: qemu-io ... -c abort), or "disabled-in-use"
     (a disabled bitmap that such a writer loaded: both flags wrong). `formats` gives each
     layer's format (default qcow2): "qcow2", "qcow2-v2" (compat 0.10) or "raw"; a layer
-    that cannot hold bitmaps must have none. Returns the paths, top first.
+    that cannot hold bitmaps must have none. With `data`, each layer gets guest data of
+    its own (a pattern at an offset of its own) before its bitmaps. Returns the paths,
+    top first.
     """
     formats = formats or ["qcow2"] * len(layers)
     paths: list[Path] = []
@@ -53,6 +55,11 @@ def make_chain(directory: Path, layers: Sequence[Mapping[str, str]],
         if below is not None:
             args += ["-b", below[0].name, "-F", below[1]]
         qemu_img(*args, str(path.name), "1M", cwd=directory)
+        if data:
+            write = f"write -P {depth + 1} {depth * 65536} 4k"
+            done = subprocess.run(["qemu-io", "-f", real, "-c", write, path.name], cwd=directory,
+                                  capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr
         bitmaps = layers[depth]
         # "--" ends the options: a bitmap name may start with "-".
         # In-use first: the killed writer marks every bitmap it loaded in-use.

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -319,3 +320,71 @@ def test_engine_jq_gives_the_same_reports(domains: Callable[..., Domain]) -> Non
     assert kbrules_report(vm, "--engine", "jq") == python
     vm.destroy()
     assert kbrules_report(vm, "--engine", "jq") == kbrules_report(vm)
+
+
+# ------------------------------------------------------------------ the repair plan
+
+def run_plan(vm: Domain, workdir: Path) -> str:
+    """kbrules plan for the domain, run with sh as a person would after reading it."""
+    run = kbrules("plan", "--domain", vm.name, "-c", libvirtd.URI)
+    assert run.code == 1 and run.err == "", run
+    script = workdir / "plan.sh"
+    script.write_text(run.out)
+    done = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.stderr, run.out)
+    return run.out
+
+
+def assert_repaired(vm: Domain, kept: str, gone: str) -> None:
+    """Every bitmap left is valid, the healthy checkpoint still serves libvirt, and the
+    broken one is gone from libvirt too."""
+    after = kbrules("check", "--domain", vm.name, "-c", libvirtd.URI, "--format", "json")
+    assert after.code == 0, after.out
+    (entry,) = after.json()
+    assert {b["name"] for b in entry["bitmaps"]} == {kept}, entry["bitmaps"]
+    assert entry["plan"] == []
+    assert_agree(vm, kept, ACCEPTED)
+    assert_agree(vm, gone, NOT_FOUND)
+
+
+def test_plan_repairs_a_running_domain(domains: Callable[..., Domain], workdir: Path) -> None:
+    vm = domains(vda=["top.qcow2", "base.qcow2"])
+    vm.start()
+    vm.checkpoint("c1")
+    vm.checkpoint("c2")
+    vm.qmp("block-dirty-bitmap-disable", node="libvirt-1-format", name="c2")
+    vm.qmp("block-dirty-bitmap-add", node="libvirt-1-format", name="stray", persistent=True)
+    script = run_plan(vm, workdir)
+    # libvirt's commands, through the connection kbrules was given; never qemu-img on
+    # the images a running QEMU holds.
+    assert f"virsh -c {libvirtd.URI} checkpoint-delete -- {vm.name} c2" in script
+    assert "block-dirty-bitmap-remove" in script and "\nqemu-img" not in script
+    assert_repaired(vm, "c1", "c2")
+
+
+def test_plan_repairs_a_shut_off_domain(domains: Callable[..., Domain], workdir: Path) -> None:
+    vm = domains(vda=["top.qcow2", "base.qcow2"])
+    vm.start()
+    vm.checkpoint("c1")
+    vm.checkpoint("c2")
+    vm.destroy()
+    qemu_img("bitmap", "--disable", "top.qcow2", "c2", cwd=workdir)
+    script = run_plan(vm, workdir)
+    assert f"virsh -c {libvirtd.URI} checkpoint-delete --metadata -- {vm.name} c2" in script
+    vm.start()
+    assert_repaired(vm, "c1", "c2")
+
+
+def test_plan_repairs_a_checkpoint_across_a_snapshot(domains: Callable[..., Domain], workdir: Path) -> None:
+    # libvirt copies a checkpoint's bitmap into the overlay of a snapshot: the broken
+    # bitmap then has copies in two layers, the lower one read-only in QEMU.
+    vm = domains(vda=["base.qcow2"])
+    vm.start()
+    vm.checkpoint("c1")
+    libvirtd.virsh("snapshot-create-as", vm.name, "--disk-only", "--no-metadata",
+                   "--diskspec", f"vda,file={workdir}/overlay.qcow2")
+    vm.checkpoint("c2")
+    top = kbrules_report(vm)[0]["chain"][0]["node"]
+    vm.qmp("block-dirty-bitmap-disable", node=top, name="c1")
+    run_plan(vm, workdir)
+    assert_repaired(vm, "c2", "c1")

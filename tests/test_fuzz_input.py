@@ -30,7 +30,8 @@ RULES = load_rules()
 
 REPORT_KEYS = {"ok", "errors", "warnings", "source", "trust_backing", "chain", "rules", "bitmaps",
                "findings", "domain",
-               "checkpoints", "newest_usable_checkpoint"}
+               "checkpoints", "newest_usable_checkpoint", "plan"}
+STEP_KEYS = {"bitmap", "layer", "say", "command"}
 CHAIN_KEYS = {"layer", "filename", "format", "node"}
 VERDICT_KEYS = {"name", "valid", "findings"}
 FINDING_KEYS = {"rule", "severity", "layer", "filename", "message", "remediation", "caveat"}
@@ -76,6 +77,17 @@ def check_outcome(run: Run) -> Optional[dict[str, Any]]:
         check_finding(f, len(chain))
         errors |= f["severity"] == "error"
     assert run.code == (1 if errors else 0), (run.code, errors)
+    # A plan exactly when something is not valid; each step about a checked bitmap or a
+    # layer, its command (when there is one) a list of words.
+    names = [v["name"] for v in report["bitmaps"]]
+    assert not report["plan"] or errors, report["plan"]
+    for step in report["plan"]:
+        assert set(step) == STEP_KEYS and isinstance(step["say"], str) and step["say"], step
+        assert step["bitmap"] is None or step["bitmap"] in names, step
+        assert step["layer"] is None or 0 <= step["layer"] < len(chain), step
+        command = step["command"]
+        assert command is None or (isinstance(command, list) and command
+                                   and all(isinstance(w, str) for w in command)), step
     # The overall verdict says the same as the exit status, and counts what it counts.
     found = [f["severity"] for v in report["bitmaps"] + report["checkpoints"] for f in v["findings"]]
     found += [f["severity"] for f in report["findings"]]

@@ -190,7 +190,7 @@ def test_ids_are_unique_across_files(tmp_path: Path) -> None:
     copy = tmp_path / "copy.yaml"
     original = next(p for p in default_files() if p.name == "incremental-backup.yaml")
     copy.write_text(original.read_text().replace("article: incremental-backup", "article: copy"))
-    with pytest.raises(RulesError, match=r"copy.yaml:\d+: rule bitmap-in-top: id already used in .*incremental-backup.yaml:\d+"):
+    with pytest.raises(RulesError, match=r"copy.yaml:\d+: rule bitmap-exists: id already used in .*incremental-backup.yaml:\d+"):
         load_rules([original, copy])
 
 
