@@ -20,7 +20,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import pytest
 
@@ -313,23 +313,34 @@ def run_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def sandboxed(argv: list[str], writable: list[Path], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def sandboxed(argv: list[str], writable: list[Path], env: dict[str, str],
+              keep: Sequence[Path] = ()) -> subprocess.CompletedProcess[str]:
     """argv as the unit runs it, as far as util-linux can: a mount namespace with the
     whole file system read-only but for `writable` (ProtectSystem=strict,
     ReadWritePaths=), an empty /tmp and /var/tmp (PrivateTmp=), a network namespace of
     its own (PrivateNetwork=), no capability but the unit's two (CapabilityBoundingSet=)
     and no new privileges (NoNewPrivileges=). Not emulated: the system call filter, the
-    address families, the kernel protections, MemoryDenyWriteExecute."""
+    address families, the kernel protections, MemoryDenyWriteExecute. `keep`: the
+    directories under /tmp that stay seen in the empty /tmp (kbrules itself, when this
+    tree and its venv are there; the unit runs /usr/local/bin/kbrules)."""
     service = unit("kbrules.service")
     (caps,) = service["CapabilityBoundingSet"]
     bounding = ",".join(["-all", *(f"+{c.removeprefix('CAP_').lower()}" for c in caps.split())])
     binds = "".join(f'mount --bind "{p}" "{p}" && ' for p in writable)
-    script = (f"{binds}mount -o remount,bind,ro / && mount -t tmpfs tmpfs /tmp && "
-              f"mount -t tmpfs tmpfs /var/tmp && exec \"$@\"")
-    return subprocess.run(
-        ["unshare", "--mount", "--net", "--propagation", "private", "--", "sh", "-c", script, "sh",
-         "setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", "--no-new-privs", "--", *argv],
-        capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    kept = [p for p in keep if p.is_relative_to("/tmp")]
+    stash = Path(tempfile.mkdtemp(prefix="kbrules-keep-", dir="/run")) if kept else None
+    stashes = "".join(f'mkdir "{stash}/{i}" && mount --bind "{p}" "{stash}/{i}" && ' for i, p in enumerate(kept))
+    restores = "".join(f'mkdir -p "{p}" && mount --bind "{stash}/{i}" "{p}" && ' for i, p in enumerate(kept))
+    script = (f"{binds}{stashes}mount -o remount,bind,ro / && mount -t tmpfs tmpfs /tmp && "
+              f"{restores}mount -t tmpfs tmpfs /var/tmp && exec \"$@\"")
+    try:
+        return subprocess.run(
+            ["unshare", "--mount", "--net", "--propagation", "private", "--", "sh", "-c", script, "sh",
+             "setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", "--no-new-privs", "--", *argv],
+            capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    finally:
+        if stash is not None:
+            shutil.rmtree(stash)
 
 
 @pytest.mark.slow
@@ -374,7 +385,8 @@ def test_the_units_command_checks_every_domain_in_its_sandbox(libvirt_daemons: l
         kbrules_bin = shutil.which("kbrules")
         assert kbrules_bin
         argv = start.replace("/usr/local/bin/kbrules", kbrules_bin).replace(TEXTFILE_DIR, str(textfiles)).split()
-        done = sandboxed(argv, [textfiles, cache], {"KBRULES_CACHE_DIR": str(cache)})
+        done = sandboxed(argv, [textfiles, cache], {"KBRULES_CACHE_DIR": str(cache)},
+                         keep=[ROOT, Path(kbrules_bin).resolve().parents[1]])
         assert done.returncode in (1, 2), done  # 1: tuesday; 2 only for another domain
         assert [p.name for p in textfiles.iterdir()] == ["kbrules.prom"], done
         written = parse((textfiles / "kbrules.prom").read_bytes().decode("utf-8"))
