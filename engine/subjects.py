@@ -373,22 +373,6 @@ def _jq_object(facts: Sequence[Fact]) -> str:
     return "{ " + ", ".join(f"{json.dumps(f.name)}: ({f.jq})" for f in facts) + " }"
 
 
-JQ_ALIKE = r"""
-# subjects.alike, in jq: the names present, most like $name first.
-def kb_bigrams: if length > 1 then [range(0; length - 1) as $i | .[$i:$i + 2]] | unique else [.] end;
-def kb_alike($name; $present):
-  if ($present | length) == 0 then "no bitmap at all" else
-    ($name | kb_bigrams) as $mine
-    | [ $present[] | . as $other | (kb_bigrams) as $theirs
-        | ([ $theirs[] | select(. as $b | $mine | index([$b]) != null) ] | length) as $both
-        | {name: $other, score: (2 * $both / (($mine | length) + ($theirs | length)))} ]
-    | sort_by(-.score, .name) | map("'" + .name + "'") as $ranked
-    | ($ranked[:ALIKE] | join(", "))
-      + (if ($ranked | length) > ALIKE then ", and " + (($ranked | length) - ALIKE | tostring) + " more" else "" end)
-  end;
-"""
-
-
 def jq_facts(kind: str) -> str:
     """jq text of a subject's facts object, made from its context (`.`)."""
     return _jq_object(KINDS[kind].facts)
