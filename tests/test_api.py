@@ -29,11 +29,11 @@ def test_check_path_is_kbrules_check(top: Path) -> None:
 
 def test_check_value_takes_parsed_json(top: Path) -> None:
     value = info_json(top)
-    report = check_value(value, ["weekly", "nope"], select=["bitmap-in-top"])
-    assert report.rules == ("bitmap-in-top",)
+    report = check_value(value, ["weekly", "nope"], select=["bitmap-exists"])
+    assert report.rules == ("bitmap-exists",)
     assert [(v.name, v.valid) for v in report.bitmaps] == [("weekly", True), ("nope", False)]
     assert to_dict(report) == kbrules("check", "-", "--bitmap", "weekly", "--bitmap", "nope",
-                                      "--select", "bitmap-in-top", "--format", "json",
+                                      "--select", "bitmap-exists", "--format", "json",
                                       stdin=json.dumps(value).encode()).json()
 
 

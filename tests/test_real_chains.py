@@ -312,7 +312,7 @@ SELECTIONS = {
 }
 SELECTED = {"B": OK, "a": OK, "b": OK, "ä": OK, "bad": (False, [("bitmap-consistent", 0)]),
             "only-base": (False, [("bitmap-in-top", 0), ("bitmap-contiguous", 1)]),
-            "nowhere": (False, [("bitmap-exists", 0), ("bitmap-in-top", 0)])}
+            "nowhere": (False, [("bitmap-exists", 0)])}
 
 
 @pytest.fixture(scope="module")
