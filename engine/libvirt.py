@@ -41,8 +41,10 @@ def virsh(args: Sequence[str], connect: Optional[str] = None) -> str:
     except subprocess.TimeoutExpired:
         raise ToolTimeout(f"virsh {args[0]}: no answer after {TIMEOUT} s") from None
     if done.returncode != 0:
-        why = next((line.strip() for line in done.stderr.splitlines() if line.strip()), "(no message)")
-        raise ToolError(f"virsh {args[0]} failed: {show(why.removeprefix('error: '))}")
+        # Each line says more: "failed to connect to the hypervisor", then the socket.
+        why = "; ".join(line.strip().removeprefix("error: ") for line in done.stderr.splitlines()
+                        if line.strip()) or "(no message)"
+        raise ToolError(f"virsh {args[0]} failed: {show(why)}")
     return done.stdout.decode("utf-8", "replace")
 
 
@@ -128,21 +130,24 @@ def read_domain(name: str, connect: Optional[str] = None,
     KbrulesError when the domain itself cannot be read."""
     # Every virsh call only reads, and each is mostly virsh starting: those that need
     # not wait for another run at once. Their errors are reported in this order.
-    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
-        state = pool.submit(virsh, ["domstate", "--", name], connect)
-        xml = pool.submit(virsh, ["dumpxml", "--", name], connect)
-        listed = pool.submit(virsh, ["checkpoint-list", "--name", "--topological", "--", name], connect)
-        live = state.result().strip().splitlines()[0].strip() in LIVE_STATES
-        disks = parse_disks(xml.result(), name)
-        unknown = [t for t in targets if t not in {d.target for d in disks}]
-        if unknown:
-            raise InputError(f"{name}: no disk {unknown[0]!r} (the domain has "
-                             f"{', '.join(d.target for d in disks) or 'no disks'})")
-        query = pool.submit(virsh, ["qemu-monitor-command", "--", name, QUERY_NODES], connect) if live else None
-        points = _checkpoints(name, connect, listed.result().split(), pool)
-        nodes: Any = None
-        if query is not None:
-            nodes = parse_json(query.result().encode(), f"{name}: query-named-block-nodes")
+    try:
+        with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+            state = pool.submit(virsh, ["domstate", "--", name], connect)
+            xml = pool.submit(virsh, ["dumpxml", "--", name], connect)
+            listed = pool.submit(virsh, ["checkpoint-list", "--name", "--topological", "--", name], connect)
+            live = state.result().strip().splitlines()[0].strip() in LIVE_STATES
+            disks = parse_disks(xml.result(), name)
+            unknown = [t for t in targets if t not in {d.target for d in disks}]
+            if unknown:
+                raise InputError(f"{name}: no disk {unknown[0]!r} (the domain has "
+                                 f"{', '.join(d.target for d in disks) or 'no disks'})")
+            query = pool.submit(virsh, ["qemu-monitor-command", "--", name, QUERY_NODES], connect) if live else None
+            points = _checkpoints(name, connect, listed.result().split(), pool)
+            nodes: Any = None
+            if query is not None:
+                nodes = parse_json(query.result().encode(), f"{name}: query-named-block-nodes")
+    except ToolError as e:  # virsh's complaint, with the domain it was about
+        raise type(e)(f"{name}: {e}") from None
     all_targets = tuple(d.target for d in disks if d.device == "disk")
     out = []
     for disk in disks:

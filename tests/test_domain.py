@@ -306,7 +306,7 @@ def test_all_domains_and_unknown_ones(domains: Callable[..., Domain]) -> None:
     assert f'"input": "{vm.name}/vda"' in run.out
     bad = kbrules("check", "--domain", "kbrules-no-such-domain", "-c", libvirtd.URI, "--format", "jsonl")
     assert bad.code == 2 and "kbrules-no-such-domain" in bad.err
-    assert json.loads(bad.out)["error"].startswith("virsh domstate failed")
+    assert json.loads(bad.out)["error"].startswith("kbrules-no-such-domain: virsh domstate failed")
     disk = kbrules("check", "--domain", vm.name, "-c", libvirtd.URI, "--disk", "vdz")
     assert disk.code == 2 and "no disk 'vdz'" in disk.err
 
