@@ -503,15 +503,15 @@ def kb_remove($name):
   kb_step($name; .layer; "Remove bitmap " + ($name | kb_q) + " from layer " + (.layer | tostring) + " (" + .filename + ").";
           ["qemu-img", "bitmap", "--remove", "--", .filename, $name]);
 
-# A new bitmap in the top, with the next full backup (offline images).
-def kb_start($chain; $name; $holders):
+# A new bitmap in the top, with the next full backup (offline images); $g: the
+# granularity of its first copy that gives one.
+def kb_start($chain; $name; $g):
   $chain.layers[0] as $top
   | if ($top.format == "qcow2" and $top.compat != "0.10") | not then
       [kb_step($name; 0; "The top image " + $top.filename + " cannot hold bitmaps (raw, or qcow2 version 2): "
                          + "take a new full backup, and start bitmaps in a qcow2 version 3 overlay."; null)]
     else
-      ([ $holders[].bitmaps[] | select(.[0] == $name and .[3] != null) | .[3] ] | .[0]) as $g
-      | [ kb_step($name; 0; "Start bitmap " + ($name | kb_q) + " anew in the top image (" + $top.filename + ").";
+      [ kb_step($name; 0; "Start bitmap " + ($name | kb_q) + " anew in the top image (" + $top.filename + ").";
                   ["qemu-img", "bitmap", "--add"] + (if $g == null then [] else ["-g", ($g | tostring)] end)
                   + ["--", $top.filename, $name]),
           kb_step($name; null; "Then take a new full backup, before anything writes to the chain again: bitmap "
@@ -563,15 +563,25 @@ def kb_qmp_steps($chain; $name; $holders):
                           + "the backup job: block-dirty-bitmap-add "
                           + ({name: $name, node: $chain.layers[0].node, persistent: true} | tojson) + "."; null)];
 
-def kb_bitmap_steps($chain):
-  .name as $name
+# The layers holding a name, top first, and the granularity of its first copy that
+# gives one: from kb_index's groups, not a scan of every layer's bitmaps (one scan per
+# broken bitmap made a wide chain quadratic).
+def kb_holders($ix; $name):
+  ($ix.groups[$name] // [0, 0]) as [$a, $b] | [ $ix.entries[$a:$b][] as [$n, $s, $e] | $ix.chain.layers[$s:$e + 1][] ];
+def kb_granularity($ix; $name):
+  ($ix.groups[$name] // [0, 0]) as [$a, $b]
+  | [ $ix.entries[$a:$b][] as [$n, $s, $e, $k] | $ix.chain.layers[$s:$e + 1][].bitmaps[$k][3] | select(. != null) ] | .[0];
+
+def kb_bitmap_steps($ix):
+  $ix.chain as $chain
+  | .name as $name
   | [ .findings[] | select(.severity == "error") | .rule ] as $failed
   | if any($failed[]; . == "bitmap-exists") then []
     elif any($failed[]; . == "chain-complete") then
       [kb_step($name; null; "Give kbrules the whole chain first (the input stops above the base: a copy of bitmap "
                             + ($name | kb_q) + " below cannot be seen), then plan again."; null)]
     else
-      [ $chain.layers[] | select(any(.bitmaps[]; .[0] == $name)) ] as $holders
+      kb_holders($ix; $name) as $holders
       | ($name | utf8bytelength) as $bytes
       | if any($name | explode[]; . == 0) or $bytes == 0 or $bytes > 1023 then
           [ $holders[] | kb_step($name; .layer; "Bitmap " + ($name | kb_q) + " in layer " + (.layer | tostring) + " ("
@@ -579,15 +589,15 @@ def kb_bitmap_steps($chain):
                                                + "tool that can, then take a new full backup."; null) ]
         elif $chain.advice == "libvirt" then kb_libvirt_steps($chain; $name; $holders)
         elif $chain.advice == "qmp" then kb_qmp_steps($chain; $name; $holders)
-        else [ $holders[] | kb_remove($name) ] + kb_start($chain; $name; $holders) end
+        else [ $holders[] | kb_remove($name) ] + kb_start($chain; $name; kb_granularity($ix; $name)) end
     end;
 
 # Every step, in the order to take them: the layers' errors first, then each bitmap
 # that is not valid, in report order.
-def kb_plan($chain; $F; $bitmaps):
+def kb_plan($ix; $F; $bitmaps):
   ([ $F[] | select(.group == null and .severity == "error") ] | sort_by(.si, .ri, .layer)
-   | map(kb_layer_steps($chain)) | add // [])
-  + ([ $bitmaps[] | select(.valid | not) | kb_bitmap_steps($chain) ] | add // []);
+   | map(kb_layer_steps($ix.chain)) | add // [])
+  + ([ $bitmaps[] | select(.valid | not) | kb_bitmap_steps($ix) ] | add // []);
 
 # The JSON report of a normalized chain (kb_fast or kb_careful).
 def kb_report($req; $ctx):
@@ -607,7 +617,7 @@ def kb_report($req; $ctx):
       domain: ($chain.domain | if . == null then null else {name, disk, running} end),
       checkpoints: $points,
       newest_usable_checkpoint: ([ $points[] | select(.usable) | .name ] | last),
-      plan: kb_plan($chain; $F; $bitmaps) };
+      plan: kb_plan($ix; $F; $bitmaps) };
 
 # The input's name in messages: $args.named.input, else the file jq reads, else <stdin>.
 def kb_where($args): $args.named.input // input_filename // "<stdin>";
