@@ -272,8 +272,12 @@ def test_device_paths_are_refused() -> None:
 
 # qemu-img's walls (engine/qemu.py), tried directly.
 
-def test_cpu_limit(tmp_path: Path) -> None:
-    """16000 bitmaps: 2.4 s of CPU for qemu-img info; with 1 s allowed, it is stopped."""
+@pytest.mark.parametrize("prlimit", [True, False], ids=["prlimit", "in-the-child"])
+def test_cpu_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prlimit: bool) -> None:
+    """16000 bitmaps: 2.4 s of CPU for qemu-img info; with 1 s allowed, it is stopped,
+    by prlimit or, where it is missing, by limits set in the child."""
+    if not prlimit:
+        monkeypatch.setattr(qemu, "_which", lambda name: None if name == "prlimit" else shutil.which(name))
     bomb = forge.many_bitmaps(tmp_path / "b.qcow2", 16000)
     with pytest.raises(ToolError, match=r"qemu-img used up its CPU time limit \(1 s\) \(SIGXCPU\)"):
         qemu.info(str(bomb), "qcow2", limits=qemu.Limits(cpu=1))
