@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from .model import Chain, Domain, Layer, Report, Verdict
+from .model import Bitmap, Chain, Domain, Layer, Report, Verdict
 from .text import sh_quote
 
 # Rule ids the plan reads; the rules themselves are in rules/*.yaml.
@@ -50,9 +50,10 @@ def plan(report: Report) -> tuple[Step, ...]:
                      f"running VM instead (kbrules check --domain DOMAIN, or its QMP data)."),)
     steps = [step for f in report.findings if f.severity == "error"
              for step in _layer_steps(chain, f.layer, f.rule, f.message, f.commands, f.argv)]
-    for verdict in report.bitmaps:
-        if not verdict.valid:
-            steps += _bitmap_steps(chain, verdict)
+    broken = [verdict for verdict in report.bitmaps if not verdict.valid]
+    copies = _copies(chain) if broken else {}
+    for verdict in broken:
+        steps += _bitmap_steps(chain, verdict, copies.get(verdict.name, []))
     return tuple(steps)
 
 
@@ -72,16 +73,14 @@ def _layer_steps(chain: Chain, layer: int, rule: str, message: str, commands: Se
     return [Step(None, layer, f"{rule}: {message}.", words) for words in argv]
 
 
-def _holders(chain: Chain, name: str) -> list[Layer]:
-    return [layer for layer in chain.layers if any(b.name == name for b in layer.bitmaps)]
-
-
-def _granularity(holders: Sequence[Layer], name: str) -> Optional[int]:
-    for layer in holders:
+def _copies(chain: Chain) -> dict[str, list[tuple[Layer, Bitmap]]]:
+    """Each name's copies, top first: one pass over the chain (a pass per broken
+    bitmap made a wide chain quadratic)."""
+    copies: dict[str, list[tuple[Layer, Bitmap]]] = {}
+    for layer in chain.layers:
         for b in layer.bitmaps:
-            if b.name == name and b.granularity is not None:
-                return b.granularity
-    return None
+            copies.setdefault(b.name, []).append((layer, b))
+    return copies
 
 
 def _shell_safe(name: str) -> bool:
@@ -90,7 +89,7 @@ def _shell_safe(name: str) -> bool:
     return "\0" not in name and 0 < len(name.encode("utf-8", "surrogatepass")) <= MAX_NAME
 
 
-def _bitmap_steps(chain: Chain, verdict: Verdict) -> list[Step]:
+def _bitmap_steps(chain: Chain, verdict: Verdict, copies: Sequence[tuple[Layer, Bitmap]]) -> list[Step]:
     name = verdict.name
     failed = {f.rule for f in verdict.findings if f.severity == "error"}
     if EXISTS in failed:
@@ -98,7 +97,7 @@ def _bitmap_steps(chain: Chain, verdict: Verdict) -> list[Step]:
     if COMPLETE in failed:
         return [Step(name, None, f"Give kbrules the whole chain first (the input stops above the "
                                  f"base: a copy of bitmap {_q(name)} below cannot be seen), then plan again.")]
-    holders = _holders(chain, name)
+    holders = [layer for layer, _ in copies]
     if not _shell_safe(name):
         return [Step(name, h.layer, f"Bitmap {_q(name)} in layer {h.layer} ({h.filename}) has a name "
                                     f"that qemu-img cannot take: remove it with a tool that can, then take a "
@@ -107,7 +106,8 @@ def _bitmap_steps(chain: Chain, verdict: Verdict) -> list[Step]:
         return _libvirt_steps(chain, name, holders)
     if chain.advice == "qmp":
         return _qmp_steps(chain, name, holders)
-    return [*(_remove(name, h) for h in holders), *_start(chain, name, holders)]
+    granularity = next((b.granularity for _, b in copies if b.granularity is not None), None)
+    return [*(_remove(name, h) for h in holders), *_start(chain, name, granularity)]
 
 
 def _q(name: str) -> str:
@@ -129,8 +129,9 @@ def _can_hold(layer: Layer) -> bool:
     return layer.format == "qcow2" and layer.compat != "0.10"
 
 
-def _start(chain: Chain, name: str, holders: Sequence[Layer]) -> list[Step]:
-    """A new bitmap in the top, with the next full backup (offline images)."""
+def _start(chain: Chain, name: str, granularity: Optional[int]) -> list[Step]:
+    """A new bitmap in the top, with the next full backup (offline images); the
+    granularity is that of its first copy that gives one."""
     top = chain.layers[0]
     backup = Step(name, None, f"Then take a new full backup, before anything writes to the chain again: "
                               f"bitmap {_q(name)} tracks every write from now on.")
@@ -138,7 +139,6 @@ def _start(chain: Chain, name: str, holders: Sequence[Layer]) -> list[Step]:
         return [Step(name, 0, f"The top image {top.filename} cannot hold bitmaps (raw, or qcow2 "
                               f"version 2): take a new full backup, and start bitmaps in a qcow2 version 3 "
                               f"overlay.")]
-    granularity = _granularity(holders, name)
     size = ("-g", str(granularity)) if granularity is not None else ()
     return [Step(name, 0, f"Start bitmap {_q(name)} anew in the top image ({top.filename}).",
                  ("qemu-img", "bitmap", "--add", *size, "--", top.filename, name)), backup]
