@@ -166,6 +166,7 @@ def _limited(argv: list[str], limits: Limits) -> tuple[list[str], Optional[Calla
 
 
 _which = functools.lru_cache(maxsize=None)(shutil.which)
+_PROBE = threading.Lock()
 
 
 @functools.lru_cache(maxsize=1)
@@ -189,7 +190,9 @@ def run(argv: list[str], label: str, timeout: float = TIMEOUT, network: bool = F
     if shutil.which(argv[0]) is None:
         raise ToolError(f"{argv[0]} not found: install it (Debian/Ubuntu: apt-get install "
                         f"qemu-utils; Fedora/RHEL: dnf install qemu-img)")
-    wrapped, preexec = _limited(argv if network else [*no_network(), *argv], limits)
+    with _PROBE:  # the batch's workers wait for one probe, not each make their own
+        prefix = () if network else no_network()
+    wrapped, preexec = _limited([*prefix, *argv], limits)
     runs: Runs = getattr(_local, "runs", None) or _ANY
     runs._check(label)
     # MALLOC_ARENA_MAX: glibc reserves 64 MiB of address space per thread for malloc;
