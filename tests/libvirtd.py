@@ -168,6 +168,11 @@ class Domain:
     def checkpoint(self, name: str, *diskspec: str) -> None:
         virsh("checkpoint-create-as", self.name, name, *[a for d in diskspec for a in ("--diskspec", d)])
 
+    def snapshot(self, disk: str, overlay: Path) -> None:
+        """An external disk-only snapshot: `overlay` becomes the disk's top image."""
+        virsh("snapshot-create-as", self.name, "--disk-only", "--no-metadata",
+              "--diskspec", f"{disk},file={overlay}")
+
     def redefine_checkpoint(self, name: str, disks: Sequence[str], created: int) -> None:
         """libvirt's record of a checkpoint whose bitmaps are already in the images."""
         xml = (f"<domaincheckpoint><name>{name}</name><creationTime>{created}</creationTime><disks>"

@@ -155,8 +155,7 @@ def test_removed_from_the_top_after_a_snapshot(domains: Callable[..., Domain], w
     vm = domains(vda=["base.qcow2"])
     vm.start()
     vm.checkpoint("c1")
-    libvirtd.virsh("snapshot-create-as", vm.name, "--disk-only", "--no-metadata",
-                   "--diskspec", f"vda,file={workdir}/overlay.qcow2")
+    vm.snapshot("vda", workdir / "overlay.qcow2")
     top = kbrules_report(vm)[0]["chain"][0]["node"]
     vm.qmp("block-dirty-bitmap-remove", node=top, name="c1")
     report = assert_agree(vm, "c1", BROKEN)
@@ -381,8 +380,7 @@ def test_plan_repairs_a_checkpoint_across_a_snapshot(domains: Callable[..., Doma
     vm = domains(vda=["base.qcow2"])
     vm.start()
     vm.checkpoint("c1")
-    libvirtd.virsh("snapshot-create-as", vm.name, "--disk-only", "--no-metadata",
-                   "--diskspec", f"vda,file={workdir}/overlay.qcow2")
+    vm.snapshot("vda", workdir / "overlay.qcow2")
     vm.checkpoint("c2")
     top = kbrules_report(vm)[0]["chain"][0]["node"]
     vm.qmp("block-dirty-bitmap-disable", node=top, name="c1")
