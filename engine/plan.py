@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from . import subjects
 from .model import Bitmap, Chain, Domain, Layer, Report, Verdict
 from .text import sh_quote
 
@@ -51,9 +52,12 @@ def plan(report: Report) -> tuple[Step, ...]:
     steps = [step for f in report.findings if f.severity == "error"
              for step in _layer_steps(chain, f.layer, f.rule, f.message, f.commands, f.argv)]
     broken = [verdict for verdict in report.bitmaps if not verdict.valid]
-    copies = _copies(chain) if broken else {}
-    for verdict in broken:
-        steps += _bitmap_steps(chain, verdict, copies.get(verdict.name, []))
+    if broken:
+        # Each name's copies, top first, from the index the rules use (jq's plan does
+        # the same): a scan of the chain per broken bitmap made wide chains quadratic.
+        _, contexts = subjects.contexts(chain, [v.name for v in broken])
+        for verdict, bitmap in zip(broken, contexts["bitmap"]):
+            steps += _bitmap_steps(chain, verdict, [(chain.layers[c.layer], c.bitmap) for c in bitmap.copies])
     return tuple(steps)
 
 
@@ -71,16 +75,6 @@ def _layer_steps(chain: Chain, layer: int, rule: str, message: str, commands: Se
     if not _offline(chain):
         return [Step(None, layer, f"{rule}: {message}. With the VM shut down: {c}") for c in commands]
     return [Step(None, layer, f"{rule}: {message}.", words) for words in argv]
-
-
-def _copies(chain: Chain) -> dict[str, list[tuple[Layer, Bitmap]]]:
-    """Each name's copies, top first: one pass over the chain (a pass per broken
-    bitmap made a wide chain quadratic)."""
-    copies: dict[str, list[tuple[Layer, Bitmap]]] = {}
-    for layer in chain.layers:
-        for b in layer.bitmaps:
-            copies.setdefault(b.name, []).append((layer, b))
-    return copies
 
 
 def _shell_safe(name: str) -> bool:
